@@ -1,0 +1,124 @@
+"""Reading data files as they are: JSONL, JSON, parquet, or a saved `datasets` folder.
+
+Every record keeps where it came from (``file:line``), so that a bad record is reported with its file
+and line. This module stays free of torch so that the scorer's import path starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+
+class UserError(Exception):
+    """Bad input from the user: the command line prints it as one line, with no traceback."""
+
+
+class DataError(UserError):
+    """A data file that cannot be used; the message names the file (and line where there is one)."""
+
+
+@dataclass
+class Record:
+    data: dict[str, Any]
+    where: str  # "path:line" (JSONL), "path[item]" (JSON, parquet, datasets)
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read one data file or a saved `datasets` folder into records."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _read_saved_dataset(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    raise DataError(f"{path}: unknown data format '{suffix}' (use .jsonl, .json, .parquet or a saved datasets folder)")
+
+
+def require_fields(record: Record, fields: Iterable[str]) -> None:
+    missing = [f for f in fields if f not in record.data or record.data[f] is None]
+    if missing:
+        raise DataError(f"{record.where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        records.append(Record(data, where))
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def _read_json(path: Path) -> list[Record]:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
+    return _records_from_rows(path, data)
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read parquet ({e})") from None
+    return _records_from_rows(path, rows)
+
+
+def _read_saved_dataset(path: Path) -> list[Record]:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError or its own errors for a non-dataset folder
+        raise DataError(f"{path}: not a saved datasets folder ({e})") from None
+    if isinstance(ds, DatasetDict):
+        if "train" not in ds:
+            raise DataError(f"{path}: a DatasetDict without a 'train' split (has {', '.join(ds)})")
+        ds = ds["train"]
+    assert isinstance(ds, Dataset)
+    return _records_from_rows(path, ds.to_list())
+
+
+def _records_from_rows(path: Path, rows: list) -> list[Record]:
+    records = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}[{i}]: expected an object, got {type(row).__name__}")
+        records.append(Record(row, f"{path}[{i}]"))
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
