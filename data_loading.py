@@ -122,3 +122,36 @@ def _records_from_rows(path: Path, rows: list) -> list[Record]:
     if not records:
         raise DataError(f"{path}: no records")
     return records
+
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def load_preferences(path: str | Path) -> list[dict[str, Any]]:
+    """Preference pairs as TRL's DPOTrainer takes them: plain text or conversational messages, not mixed."""
+    rows, form = [], None
+    for record in read_records(path):
+        require_fields(record, PREFERENCE_FIELDS)
+        kinds = {name: _text_or_messages(record, name) for name in PREFERENCE_FIELDS}
+        if len(set(kinds.values())) > 1:
+            raise DataError(f"{record.where}: prompt, chosen and rejected must all be text or all be messages")
+        row_form = "conversational" if "messages" in kinds.values() else "text"
+        if form is None:
+            form = row_form
+        elif row_form != form:
+            raise DataError(f"{record.where}: {row_form} pair in a file of {form} pairs")
+        rows.append({name: record.data[name] for name in PREFERENCE_FIELDS})
+    return rows
+
+
+def _text_or_messages(record: Record, name: str) -> str:
+    value = record.data[name]
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{record.where}: field '{name}' is empty")
+        return "text"
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        return "messages"
+    raise DataError(f"{record.where}: field '{name}' must be text or a list of {{role, content}} messages")

