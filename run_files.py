@@ -106,6 +106,7 @@ class RunFolder:
                 f"{self.root} already holds a run: resume it with --resume_from_checkpoint latest, "
                 "or pass --overwrite_output_dir to replace it"
             )
+        self.created = not self.root.exists()
         parent = self.root
         while not parent.exists():
             parent = parent.parent
@@ -116,7 +117,6 @@ class RunFolder:
         """Make the folder; on resume, drop log entries newer than the checkpoint (they will be logged again)."""
         if overwrite and resume is None and self.root.exists():
             shutil.rmtree(self.root)
-        self.created = not self.root.exists()
         for d in (self.checkpoints, self.logs, self.results):
             d.mkdir(parents=True, exist_ok=True)
         if resume is not None:
@@ -127,8 +127,10 @@ class RunFolder:
                 self.write_json(path, data)
 
     def remove_if_unused(self) -> None:
-        """After a failure before any checkpoint: leave nothing half-written behind."""
-        if self.created and self.latest_checkpoint() is None and self.root.exists():
+        """After a failure before training got anywhere: leave nothing half-written behind."""
+        if not (self.created and self.root.exists()):
+            return
+        if self.latest_checkpoint() is None and not self.read_json(self.rewards_json)["steps"]:
             shutil.rmtree(self.root)
 
     # --- files ----------------------------------------------------------------------------------

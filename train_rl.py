@@ -48,7 +48,13 @@ def train(cfg: Config) -> RunFolder:
     if method not in TRAINERS:
         flag = next((f"--{f}" for f, m in METHODS.items() if m == method), "the default path (no method flag)")
         raise UserError(f"{flag} is not available yet in this version; use --use_dpo")
-    return TRAINERS[method](cfg)
+    folder, resume, name = _prepare(cfg)
+    try:
+        TRAINERS[method](cfg, folder, resume, name)
+    except BaseException:
+        folder.remove_if_unused()  # a run that failed before training leaves nothing behind
+        raise
+    return folder
 
 
 def _prepare(cfg: Config) -> tuple[RunFolder, Path | None, str]:
@@ -61,8 +67,7 @@ def _prepare(cfg: Config) -> tuple[RunFolder, Path | None, str]:
     return folder, resume, name
 
 
-def train_dpo(cfg: Config) -> RunFolder:
-    folder, resume, name = _prepare(cfg)
+def train_dpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:
     train_rows, eval_rows = _preference_splits(cfg)
     model_path = resolve_base_model(cfg.model.base_model)
     tokenizer = load_tokenizer(model_path)
@@ -82,7 +87,6 @@ def train_dpo(cfg: Config) -> RunFolder:
         callbacks=[RunFolderCallback(folder, "dpo")],
     )
     _run(trainer, tokenizer, folder, cfg, resume)
-    return folder
 
 
 def _preference_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -112,12 +116,7 @@ def _run(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None
         folder.create(resume, cfg.run.overwrite_output_dir)
         folder.write_config(cfg.to_yaml())
     trainer.accelerator.wait_for_everyone()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except BaseException:
-        if trainer.accelerator.is_main_process and trainer.state.global_step == 0:
-            folder.remove_if_unused()
-        raise
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     final = save_final_model(trainer, tokenizer, folder)
     if trainer.accelerator.is_main_process:
         folder.log_line(f"final model saved to {final}")

@@ -1,0 +1,135 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from run_config import RL_SECTIONS, parse_config
+from train_rl import method_of, train
+from data_loading import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv):
+    return train(parse_config(RL_SECTIONS, argv))
+
+
+def steps(path):
+    return [e["step"] for e in json.loads(Path(path).read_text())["steps"]]
+
+
+def test_dpo_run_writes_the_full_run_folder(dpo_argv, tmp_path):
+    folder = run(dpo_argv)
+    assert folder.root == tmp_path / "out" / "t"
+    for ckpt in ("checkpoint-2", "checkpoint-4"):
+        assert (folder.checkpoints / ckpt / "adapter_config.json").is_file()
+        assert (folder.checkpoints / ckpt / "trainer_state.json").is_file()
+    rewards = json.loads(folder.rewards_json.read_text())
+    assert rewards["method"] == "dpo" and [e["step"] for e in rewards["steps"]] == [1, 2, 3, 4]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert key in rewards["steps"][-1]
+    assert "train_runtime" in rewards["summary"]
+    assert steps(folder.eval_json) == [2, 4] and "loss" in json.loads(folder.eval_json.read_text())["steps"][0]
+    log = folder.training_log.read_text()
+    assert "step 4/4 train: loss=" in log and "saved checkpoint-4" in log
+    assert sorted(p.name for p in folder.results.glob("*.png")) == ["eval_curves.png", "training_curves.png"]
+    # the effective config is complete and re-runnable
+    saved = parse_config(RL_SECTIONS, ["--config", str(folder.config_yaml)])
+    assert saved.model.max_steps == 4 and saved.run.use_dpo and saved.data.preference_data == dpo_argv[4]
+
+    from transformers import AutoModelForCausalLM
+    from peft import AutoPeftModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(folder.final_model)  # merged: an ordinary checkpoint
+    AutoPeftModelForCausalLM.from_pretrained(folder.checkpoints / "checkpoint-2")
+
+
+def test_existing_run_is_never_overwritten_silently(dpo_argv):
+    folder = run(dpo_argv)
+    before = folder.rewards_json.read_text()
+    with pytest.raises(UserError, match="already holds a run: resume it with --resume_from_checkpoint latest"):
+        run(dpo_argv)
+    assert folder.rewards_json.read_text() == before
+    run(dpo_argv + ["--overwrite_output_dir", "--max_steps", "2"])
+    assert steps(folder.rewards_json) == [1, 2]
+
+
+def test_resume_latest_continues_without_duplicate_logs(dpo_argv):
+    folder = run(dpo_argv[:-2] + ["--max_seq_length", "128", "--max_steps", "2"])
+    (folder.checkpoints / "checkpoint-9").mkdir()  # a checkpoint cut off mid-save: no trainer state
+    folder = run(dpo_argv + ["--resume_from_checkpoint", "latest"])
+    assert steps(folder.rewards_json) == [1, 2, 3, 4]
+    state = json.loads((folder.checkpoints / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_resume_without_checkpoint_is_a_clear_error(dpo_argv, tmp_path):
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        run(dpo_argv + ["--resume_from_checkpoint", "latest"])
+    with pytest.raises(UserError, match="is not a checkpoint folder"):
+        run(dpo_argv + ["--resume_from_checkpoint", str(tmp_path)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_before_the_first_step_leaves_nothing(dpo_argv, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash before training")
+
+    monkeypatch.setattr(Trainer, "train", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(dpo_argv)
+    assert not (tmp_path / "out" / "t").exists()
+
+
+def test_method_flags_are_exclusive_and_unbuilt_paths_say_so(dpo_argv):
+    cfg = parse_config(RL_SECTIONS, ["--use_dpo", "--test_case_rewards_only"])
+    with pytest.raises(UserError, match="choose one training method, not --use_dpo and --test_case_rewards_only"):
+        method_of(cfg)
+    assert method_of(parse_config(RL_SECTIONS, [])) == "grpo_composite"
+
+
+def test_wandb_offline_run(dpo_argv, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.delenv("WANDB_NAME", raising=False)
+    run(dpo_argv + ["--wandb", "--wandb_project", "q-rl-test", "--max_steps", "2"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_wandb_without_login_fails_at_start(dpo_argv, tmp_path, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    with pytest.raises(UserError, match="not logged in to W&B"):
+        run(dpo_argv + ["--wandb"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_killed_run_resumes_and_loses_at_most_one_save_interval(dpo_argv, tmp_path):
+    """SIGKILL a real run mid-training, then resume 'latest' to the end."""
+    argv = dpo_argv[:]
+    argv[argv.index("--max_steps") + 1] = "400"
+    cmd = [sys.executable, str(ROOT / "run_rl.py"), *argv, "--eval_steps", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "out" / "t" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts / "checkpoint-6" / "trainer_state.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (ckpts / "checkpoint-6").exists(), "the run never reached its third checkpoint"
+    done = subprocess.run(cmd + ["--resume_from_checkpoint", "latest"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logged = steps(tmp_path / "out" / "t" / "logs" / "rewards.json")
+    assert logged == list(range(1, 401))
