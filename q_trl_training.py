@@ -88,7 +88,7 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
         eval_steps=m.eval_steps if evaluate else None,
         logging_steps=m.logging_steps,
         bf16=m.bf16,  # TRL defaults to True; the specification makes it opt-in
-        gradient_checkpointing=m.gradient_checkpointing,
+        activation_checkpointing=m.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         max_grad_norm=m.max_grad_norm,
         warmup_steps=m.warmup_steps,
         lr_scheduler_type=m.lr_scheduler_type,

@@ -11,12 +11,15 @@ Options come from built-in defaults, then config.yaml (or --config FILE), then t
 from __future__ import annotations
 
 import sys
+import warnings
 
 from data_loading import UserError
 from run_config import RL_SECTIONS, parse_config, validate_training
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TRL and PEFT still call the old gradient-checkpointing names; the warning is theirs, not the user's.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
     try:
         cfg = parse_config(RL_SECTIONS, argv, prog="run_rl.py", description=__doc__.split("\n\n")[0])
         validate_training(cfg)
