@@ -1,0 +1,27 @@
+# Two commands a new user needs:
+#   make demo   install everything, fetch the embedded model, train briefly, write a full run folder
+#   make test   install everything, run the whole test suite
+PYTHON ?= python3
+# CPU build on this kind of machine; on a GPU box PyPI's torch 2.13.0 is the CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= output
+
+.PHONY: install model demo test bench
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+
+model: install
+	$(PYTHON) embedded_model.py
+
+demo: model
+	$(PYTHON) run_rl.py --use_dpo --experiment_name demo --output_dir $(DEMO_DIR) --overwrite_output_dir \
+		--max_steps 10 --save_steps 5 --eval_steps 5 --batch_size 2 --gradient_accumulation_steps 1 \
+		--learning_rate 5e-5
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: model
+	$(PYTHON) bench/dpo_overhead.py
