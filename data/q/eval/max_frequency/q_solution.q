@@ -1,0 +1,1 @@
+solve:{max value count each group x}

@@ -1,0 +1,1 @@
+result:solve[1 2 2 3 3 3]; show result;

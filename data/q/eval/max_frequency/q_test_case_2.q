@@ -1,0 +1,1 @@
+result:solve[4 4 4 4]; show result;

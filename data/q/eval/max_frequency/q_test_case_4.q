@@ -1,0 +1,1 @@
+result:solve[7 8 7]; show result;

@@ -1,0 +1,1 @@
+solve:{(desc distinct x) 1}

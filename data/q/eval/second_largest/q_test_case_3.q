@@ -1,0 +1,1 @@
+result:solve[7 7 8]; show result;

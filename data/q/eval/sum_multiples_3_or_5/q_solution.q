@@ -1,0 +1,1 @@
+solve:{t:til x; sum t where (0=t mod 3)|0=t mod 5}

@@ -1,0 +1,1 @@
+result:solve[16]; show result;

@@ -1,0 +1,1 @@
+result:solve[20]; show result;

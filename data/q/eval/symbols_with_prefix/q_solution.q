@@ -1,0 +1,1 @@
+solve:{[x;y] x where x like y,"*"}

@@ -1,0 +1,1 @@
+result:solve[`apple`banana`apricot`cherry;"ap"]; show result;

@@ -1,0 +1,1 @@
+result:solve[`cat`car`dog`cart;"car"]; show result;

@@ -1,0 +1,1 @@
+result:solve[`xa`xb`xc;"x"]; show result;

@@ -1,0 +1,1 @@
+solve:{(upper 1#x),1_x}

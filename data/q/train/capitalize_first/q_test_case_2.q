@@ -1,0 +1,1 @@
+result:solve["q language"]; show result;

@@ -1,0 +1,1 @@
+result:solve["Already"]; show result;

@@ -1,0 +1,1 @@
+solve:{[s;c] count where s=c}

@@ -1,0 +1,1 @@
+result:solve["banana";"a"]; show result;

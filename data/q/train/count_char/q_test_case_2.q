@@ -1,0 +1,1 @@
+result:solve["mississippi";"s"]; show result;

@@ -1,0 +1,1 @@
+result:solve["hello";"z"]; show result;

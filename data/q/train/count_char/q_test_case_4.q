@@ -1,0 +1,1 @@
+result:solve["aaaa";"a"]; show result;

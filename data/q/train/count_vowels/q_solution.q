@@ -1,0 +1,1 @@
+solve:{count where x in "aeiouAEIOU"}

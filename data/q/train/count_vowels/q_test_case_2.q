@@ -1,0 +1,1 @@
+result:solve["AEIxyz"]; show result;

@@ -1,0 +1,1 @@
+result:solve["rhythm"]; show result;

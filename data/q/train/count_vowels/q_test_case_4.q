@@ -1,0 +1,1 @@
+result:solve["Programming in q"]; show result;

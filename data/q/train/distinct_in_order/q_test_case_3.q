@@ -1,0 +1,1 @@
+result:solve[5 4 3]; show result;

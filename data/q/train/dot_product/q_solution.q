@@ -1,0 +1,1 @@
+solve:{[x;y] sum x*y}

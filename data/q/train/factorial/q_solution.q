@@ -1,0 +1,1 @@
+solve:{prd 1+til x}

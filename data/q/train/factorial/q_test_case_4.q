@@ -1,0 +1,1 @@
+result:solve[3]; show result;

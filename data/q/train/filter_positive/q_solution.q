@@ -1,0 +1,1 @@
+solve:{x where x>0}

@@ -1,0 +1,1 @@
+result:solve[-1 2 -3 4]; show result;

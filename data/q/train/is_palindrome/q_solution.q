@@ -1,0 +1,1 @@
+solve:{x~reverse x}

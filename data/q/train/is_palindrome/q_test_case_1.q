@@ -1,0 +1,1 @@
+result:solve["racecar"]; show result;

@@ -1,0 +1,1 @@
+result:solve["abba"]; show result;

@@ -1,0 +1,1 @@
+result:solve["ab"]; show result;

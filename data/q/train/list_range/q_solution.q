@@ -1,0 +1,1 @@
+solve:{(max x)-min x}

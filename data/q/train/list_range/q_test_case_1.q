@@ -1,0 +1,1 @@
+result:solve[3 9 1 7]; show result;

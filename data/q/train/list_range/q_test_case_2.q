@@ -1,0 +1,1 @@
+result:solve[5 5 5]; show result;

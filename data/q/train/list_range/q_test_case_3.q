@@ -1,0 +1,1 @@
+result:solve[-10 4]; show result;

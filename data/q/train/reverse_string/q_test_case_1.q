@@ -1,0 +1,1 @@
+result:solve["hello"]; show result;

@@ -1,0 +1,1 @@
+result:solve["kdb+"]; show result;

@@ -1,0 +1,1 @@
+solve:{" " sv reverse " " vs x}

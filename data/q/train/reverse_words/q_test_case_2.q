@@ -1,0 +1,1 @@
+result:solve["one two three"]; show result;

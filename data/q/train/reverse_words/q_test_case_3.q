@@ -1,0 +1,1 @@
+result:solve["q is fun"]; show result;

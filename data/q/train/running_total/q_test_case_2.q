@@ -1,0 +1,1 @@
+result:solve[5 -2 7]; show result;

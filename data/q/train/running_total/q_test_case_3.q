@@ -1,0 +1,1 @@
+result:solve[0 0 1]; show result;

@@ -1,0 +1,1 @@
+solve:{sum x where 0=x mod 2}

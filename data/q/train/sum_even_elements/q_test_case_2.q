@@ -1,0 +1,1 @@
+result:solve[-4 -3 10]; show result;

@@ -1,0 +1,1 @@
+result:solve[1 3 5 7]; show result;

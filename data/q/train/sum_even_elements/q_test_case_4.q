@@ -1,0 +1,1 @@
+result:solve[100 7 8]; show result;

@@ -1,0 +1,1 @@
+solve:{sum "0123456789"?string x}

@@ -1,0 +1,1 @@
+result:solve[1234]; show result;

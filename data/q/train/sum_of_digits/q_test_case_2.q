@@ -1,0 +1,1 @@
+result:solve[9]; show result;

@@ -1,0 +1,1 @@
+result:solve[99999]; show result;
