@@ -243,3 +243,18 @@ def validate_training(cfg: Config) -> None:
         raise ConfigError("--reward_scale must not be 0 (every reward would be 0)")
     if hasattr(cfg, "lora") and cfg.lora.use_peft and not (cfg.lora.lora_r > 0 and cfg.lora.lora_alpha > 0):
         raise ConfigError("--lora_r and --lora_alpha must be greater than 0")
+
+
+def options_markdown(sections: dict[str, type]) -> str:
+    """The options table of the README, generated from the dataclasses so that it cannot drift."""
+    lines = ["| flag | `config.yaml` key | default | meaning |", "|---|---|---|---|"]
+    for section, cls in sections.items():
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            flag = f"`--{f.name}`" + (" / `--no_peft`" if f.name == "use_peft" else "")
+            lines.append(f"| {flag} | `{section}.{f.name}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(options_markdown(RL_SECTIONS))

@@ -27,7 +27,7 @@ def test_dpo_steps_on_the_embedded_model(tmp_path):
 
     folder = train(parse_config(RL_SECTIONS, [
         "--use_dpo", "--output_dir", str(tmp_path), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "0",
-        "--max_seq_length", "256", "--learning_rate", "5e-5",
+        "--max_seq_length", "256", "--learning_rate", "5e-5", "--batch_size", "2", "--gradient_accumulation_steps", "1",
     ]))
     assert folder.root.name == "SmolLM2-135M-Instruct"
     assert (folder.checkpoints / "checkpoint-2" / "adapter_model.safetensors").is_file()
