@@ -7,6 +7,7 @@ The mapping lives here and nowhere else: ``kl_coef`` -> ``beta``, ``batch_size``
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,11 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def peft_config(cfg: Config):
-    """LoRA on all linear layers by default; None for full fine-tuning."""
+def peft_config(cfg: Config, task_type: str = "CAUSAL_LM"):
+    """LoRA on all linear layers by default; None for full fine-tuning.
+
+    For a reward model (``SEQ_CLS``) PEFT also trains the new score head in full (``modules_to_save``).
+    """
     if not cfg.lora.use_peft:
         return None
     from peft import LoraConfig
@@ -59,7 +63,7 @@ def peft_config(cfg: Config):
         lora_alpha=cfg.lora.lora_alpha,
         lora_dropout=cfg.lora.lora_dropout,
         target_modules=cfg.lora.lora_target_modules or "all-linear",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
@@ -73,6 +77,7 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
     """The specification's options as keyword arguments of TRL's configs (shared by every TRL path)."""
     m = cfg.model
     evaluate = has_eval and m.eval_steps > 0
+    extra = {"beta": m.kl_coef} if hasattr(m, "kl_coef") else {}  # reward-model runs have no KL penalty
     return dict(
         output_dir=str(folder.checkpoints),
         run_name=run_name,
@@ -93,9 +98,9 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
         warmup_steps=m.warmup_steps,
         lr_scheduler_type=m.lr_scheduler_type,
         seed=m.seed,
-        beta=m.kl_coef,
         report_to=["wandb"] if cfg.tracking.wandb else "none",
         model_init_kwargs=model_init_kwargs(cfg),
+        **extra,
     )
 
 
@@ -156,3 +161,703 @@ def save_final_model(trainer, tokenizer, folder: RunFolder) -> Path:
         tokenizer.save_pretrained(folder.final_model)
     trainer.accelerator.wait_for_everyone()
     return folder.final_model
+
+
+# --- reward models ----------------------------------------------------------------------------------
+def build_reward_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, folder: RunFolder,
+                         run_name: str, callbacks: list):
+    """TRL's RewardTrainer: a one-output sequence classifier on the base model, Bradley-Terry loss on pairs."""
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(
+        **trl_arguments(cfg, folder, run_name, has_eval=eval_dataset is not None),
+        max_length=cfg.model.max_seq_length,
+    )
+    return RewardTrainer(
+        model=model_path,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg, task_type="SEQ_CLS"),
+        callbacks=callbacks,
+    )
+
+
+def check_reward_model(path: str, option: str = "--reward_model_path") -> Path:
+    """A folder holding a one-output sequence classifier, or one line saying what it is instead."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: model folder not found")
+    if not (folder / "config.json").is_file():
+        if (folder / "adapter_config.json").is_file():
+            raise UserError(f"{option} {path}: a LoRA checkpoint, not a whole model; use the run's checkpoints/final")
+        raise UserError(f"{option} {path}: not a model folder (no config.json)")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{option} {path}: unreadable model config ({e})") from None
+    archs = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(
+            f"{option} {path}: not a sequence-classification reward model (it is {', '.join(archs) or 'unknown'}); "
+            "train one with train_reward_model.py"
+        )
+    if config.num_labels != 1:
+        raise UserError(f"{option} {path}: a classifier with {config.num_labels} outputs; a reward model has 1")
+    return folder
+
+
+def reward_model_texts(tokenizer, prompts: list, completions: list) -> list[str]:
+    """The texts a reward model scores, built exactly as TRL's RewardTrainer built its training pairs."""
+    texts = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        if isinstance(prompt, list):
+            answer = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            texts.append(tokenizer.apply_chat_template(prompt + answer, tokenize=False))
+        else:
+            text = prompt + (completion if isinstance(completion, str) else completion[0]["content"])
+            texts.append(text if text.endswith(tokenizer.eos_token) else text + tokenizer.eos_token)
+    return texts
+
+
+def score_texts(model, tokenizer, texts: list[str], conversational: bool, batch_size: int,
+                max_length: int) -> list[float]:
+    """One reward per text, in batches; long texts keep their end (the score is read at the last token)."""
+    import torch
+
+    scores: list[float] = []
+    device = next(model.parameters()).device
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                          padding_side="right", truncation_side="left", add_special_tokens=not conversational,
+                          return_tensors="pt").to(device)
+        with torch.inference_mode():
+            scores.extend(model(**batch).logits[:, 0].float().tolist())
+    return scores
+
+
+def sample_answers(model_path: str, prompts: list, n: int, max_new_tokens: int, temperature: float, seed: int,
+                   batch_size: int = 8) -> list[list[str]]:
+    """``n`` sampled answers per prompt (text, special tokens removed): mined pairs and policy negatives.
+
+    Text prompts go through the tokenizer's chat template as a user turn when it has one.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
+
+    set_seed(seed)
+    tokenizer = load_tokenizer(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    texts = [_prompt_text(tokenizer, _as_chat(tokenizer, p)) for p in prompts]
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=None,
+                           top_p=None, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+    answers: list[list[str]] = []
+    per_call = max(1, batch_size // n)
+    for i in range(0, len(texts), per_call):
+        enc = tokenizer(texts[i:i + per_call], padding=True, padding_side="left", return_tensors="pt",
+                        add_special_tokens=not isinstance(_as_chat(tokenizer, prompts[i]), list))
+        with torch.no_grad():
+            out = model.generate(**enc, generation_config=gen)
+        decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers.extend(decoded[j * n:(j + 1) * n] for j in range(len(decoded) // n))
+    return answers
+
+
+def _as_chat(tokenizer, prompt):
+    """Text prompts become a user turn for chat models: how a chat policy is asked a question."""
+    if isinstance(prompt, str) and tokenizer.chat_template:
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
+def _prompt_text(tokenizer, prompt) -> str:
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+# --- PPO ----------------------------------------------------------------------------------------------
+# TRL no longer ships a PPO trainer; this one is small on purpose. One PPO step: sample one answer per
+# prompt for a batch of prompts, score them, turn scores and the KL to the reference into per-token
+# rewards, estimate advantages with GAE against the value head, then take ppo_epochs passes of clipped
+# policy and value updates. The loss pieces are plain functions so that they can be checked by hand.
+@dataclass
+class PPOConfig:
+    """PPO's settings (built from the options by ``ppo_config``; the names follow the specification)."""
+
+    output_dir: str
+    run_name: str = "ppo"
+    learning_rate: float = 1e-5
+    batch_size: int = 1  # answers per forward/backward pass
+    gradient_accumulation_steps: int = 1  # passes per optimizer update
+    num_mini_batches: int = 1  # optimizer updates per pass over the rollouts
+    ppo_epochs: int = 4
+    max_steps: int = 100
+    save_steps: int = 50
+    save_total_limit: int | None = None
+    eval_steps: int = 0
+    logging_steps: int = 1
+    max_seq_length: int = 1024
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    kl_coef: float = 0.1
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    entropy_coef: float = 0.01
+    reward_scale: float = 1.0
+    whiten_rewards: bool = False
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_scheduler_type: str = "linear"
+    gradient_checkpointing: bool = True
+    bf16: bool = False
+    seed: int = 42
+    report_to: list[str] = field(default_factory=list)
+    wandb_project: str = "q-rl"
+
+    @property
+    def mini_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def rollout_size(self) -> int:
+        """Answers (and prompts) per PPO step."""
+        return self.mini_batch_size * self.num_mini_batches
+
+
+def ppo_config(cfg: Config, folder: RunFolder, run_name: str) -> PPOConfig:
+    """The options as a PPOConfig: the PPO half of the name mapping."""
+    m, p, g = cfg.model, cfg.ppo, cfg.generation
+    return PPOConfig(
+        output_dir=str(folder.checkpoints), run_name=run_name, learning_rate=m.learning_rate,
+        batch_size=m.batch_size, gradient_accumulation_steps=m.gradient_accumulation_steps,
+        num_mini_batches=p.num_mini_batches, ppo_epochs=p.ppo_epochs, max_steps=m.max_steps,
+        save_steps=m.save_steps, save_total_limit=cfg.run.save_total_limit, eval_steps=m.eval_steps,
+        logging_steps=m.logging_steps, max_seq_length=m.max_seq_length, max_completion_length=g.max_completion_length,
+        temperature=g.temperature, kl_coef=m.kl_coef, adaptive_kl=p.adaptive_kl, kl_target=p.kl_target,
+        kl_horizon=p.kl_horizon, entropy_coef=m.entropy_coef, reward_scale=m.reward_scale,
+        whiten_rewards=p.whiten_rewards, cliprange=p.cliprange, cliprange_value=p.cliprange_value, vf_coef=p.vf_coef,
+        gamma=p.gamma, lam=p.lam, max_grad_norm=m.max_grad_norm, warmup_steps=m.warmup_steps,
+        lr_scheduler_type=m.lr_scheduler_type, gradient_checkpointing=m.gradient_checkpointing, bf16=m.bf16,
+        seed=m.seed, report_to=["wandb"] if cfg.tracking.wandb else [], wandb_project=cfg.tracking.wandb_project,
+    )
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x, mask):
+    """Unbiased variance of the masked entries."""
+    n = mask.sum()
+    var = masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+    return var * n / (n - 1) if n > 1 else var
+
+
+def masked_whiten(x, mask, shift_mean: bool = True):
+    """Unit variance (and zero mean unless ``shift_mean`` is False) over the masked entries."""
+    if mask.sum() < 2:
+        return x
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * (var + 1e-8).rsqrt()
+    return out if shift_mean else out + mean
+
+
+def token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef: float):
+    """Per-token rewards: ``-kl_coef * (logp - logp_ref)`` at every token, plus the score at the answer's last.
+
+    Returns the rewards and the per-token KL estimate. Answers are right-padded: ``mask`` is a prefix.
+    """
+    import torch
+
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = mask.sum(1).long().clamp(min=1) - 1
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards, kl
+
+
+def compute_gae(rewards, values, mask, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al. 2016), right to left over each answer's tokens.
+
+    ``A_t = delta_t + gamma * lam * A_{t+1}``, ``delta_t = r_t + gamma * V_{t+1} - V_t``, with ``V`` = 0 after
+    the last token. Returns advantages and returns (``A + V``), zero outside ``mask``.
+    """
+    import torch
+
+    rewards, values = rewards * mask, values * mask
+    length = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
+    """PPO's clipped surrogate: ``max(-A * r, -A * clip(r, 1-e, 1+e))`` with ``r = p_new / p_old``.
+
+    Returns the loss, the fraction of tokens where clipping bound, and the approximate KL of the update.
+    """
+    import torch
+
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask)
+    return loss, clip_fraction, approx_kl
+
+
+def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float):
+    """``0.5 * max((V - R)^2, (V_clipped - R)^2)``, V_clipped kept within cliprange_value of the rollout's V."""
+    import torch
+
+    clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_loss, clipped_loss), mask)
+    return loss, masked_mean((clipped_loss > unclipped_loss).float(), mask)
+
+
+def explained_variance(values, returns, mask) -> float:
+    """``1 - Var(R - V) / Var(R)``: 1 is a perfect critic, 0 no better than a constant, below 0 worse."""
+    var = masked_var(returns, mask)
+    return float(1 - masked_var(returns - values, mask) / var) if var > 0 else float("nan")
+
+
+def entropy_from_logits(logits):
+    import torch
+
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): move kl_coef by at most 20% of the gap to the target per horizon of answers."""
+
+    def __init__(self, value: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = value, target, horizon
+
+    def update(self, current_kl: float, n_answers: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_answers / self.horizon
+
+
+class PPOTrainer:
+    """PPO with a value head on the policy's last hidden state, a LoRA policy whose disabled adapters are the
+    reference (a frozen copy without LoRA), and the Trainer's run-folder interface: ``train``,
+    ``accelerator``, ``model``, ``end``, callbacks and ``checkpoint-N`` folders.
+
+    ``reward_fn`` has TRL's reward-function signature: ``f(prompts, completions, **columns) -> list[float|None]``
+    where the columns are the rows' other fields (``None`` counts as 0). Rows hold ``prompt`` (text or messages).
+    """
+
+    def __init__(self, model: str, args: PPOConfig, tokenizer, reward_fn, train_rows: list[dict],
+                 eval_rows: list[dict] | None = None, peft_config=None, callbacks: list | None = None):
+        import torch
+        from accelerate import Accelerator
+        from transformers import AutoModelForCausalLM, GenerationConfig, get_scheduler, set_seed
+        from trl.trainer.utils import disable_dropout_in_model
+
+        if args.max_seq_length <= args.max_completion_length:
+            raise UserError(f"--max_seq_length ({args.max_seq_length}) must exceed --max_completion_length "
+                            f"({args.max_completion_length}): the prompt needs room")
+        if not train_rows:
+            raise UserError("PPO needs at least one training prompt")
+        self.args, self.tokenizer, self.reward_fn = args, tokenizer, reward_fn
+        self.train_rows, self.eval_rows = train_rows, eval_rows or []
+        self.callbacks = callbacks or []
+        set_seed(args.seed)
+        self.accelerator = Accelerator(log_with="wandb" if "wandb" in args.report_to else None)
+        if self.accelerator.num_processes > 1:
+            raise UserError("PPO runs in one process; launch it without accelerate/torchrun")
+        dtype = torch.bfloat16 if args.bf16 else torch.float32
+        policy = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+        self.ref_model = None
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            policy = get_peft_model(policy, peft_config)
+        else:  # full fine-tuning: the reference is a frozen copy
+            self.ref_model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).eval().requires_grad_(False)
+            self.ref_model.to(self.accelerator.device)
+        if args.gradient_checkpointing:
+            # only in training mode: rollouts generate in eval mode, with the KV cache
+            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        disable_dropout_in_model(policy)  # rollout and update must see the same network, or ratio != 1
+        self.value_head = torch.nn.Linear(policy.config.get_text_config().hidden_size, 1, dtype=dtype)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.policy = policy
+        self.parameters = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        optimizer = torch.optim.AdamW(self.parameters, lr=args.learning_rate, eps=1e-5)
+        self.policy, self.value_head, self.optimizer = self.accelerator.prepare(policy, self.value_head, optimizer)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                                       num_training_steps=args.max_steps)
+        self.kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+        eos = {tokenizer.eos_token_id}
+        gen_eos = policy.generation_config.eos_token_id
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = torch.tensor(sorted(eos))
+        common = dict(max_new_tokens=args.max_completion_length, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=sorted(eos), top_k=None, top_p=None)
+        self.sampling = GenerationConfig(do_sample=True, temperature=args.temperature, **common)
+        self.greedy = GenerationConfig(do_sample=False, **common)
+
+    @property
+    def model(self):
+        """The policy, for saving (the value head is part of checkpoints only)."""
+        return self.policy
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | None = None) -> None:
+        from transformers import TrainerControl, TrainerState
+
+        args = self.args
+        self.state = TrainerState(max_steps=args.max_steps, logging_steps=args.logging_steps,
+                                  save_steps=args.save_steps, eval_steps=args.eval_steps,
+                                  train_batch_size=args.rollout_size)
+        self.control = TrainerControl()
+        if resume_from_checkpoint:
+            self._load_checkpoint(Path(resume_from_checkpoint))
+        if args.report_to:
+            import dataclasses
+
+            self.accelerator.init_trackers(os.environ.get("WANDB_PROJECT", args.wandb_project),
+                                           config=dataclasses.asdict(args),
+                                           init_kwargs={"wandb": {"name": os.environ.get("WANDB_NAME", args.run_name)}})
+        self._callback("on_train_begin")
+        while self.state.global_step < args.max_steps:
+            rows = self._rows_for_step(self.state.global_step)
+            stats = self.step(rows)
+            self.state.global_step += 1
+            self.state.epoch = self.state.global_step * args.rollout_size / len(self.train_rows)
+            step = self.state.global_step
+            if step % args.logging_steps == 0 or step == args.max_steps:
+                self._log(stats)
+            if self.eval_rows and args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
+                self._log({f"eval_{k}": v for k, v in self.evaluate().items()})
+            if step % args.save_steps == 0 or step == args.max_steps:
+                self._save_checkpoint()
+        self._callback("on_train_end")
+
+    def step(self, rows: list[dict]) -> dict[str, float]:
+        """One PPO step on these rows: rollouts, advantages, ppo_epochs of updates; returns its statistics."""
+        import torch
+
+        args = self.args
+        batch = self._rollout(rows)
+        mask = batch["mask"]
+        scores = batch["rewards"] * args.reward_scale
+        rewards, kl = token_rewards(scores, batch["logprobs"], batch["ref_logprobs"], mask, self.kl_ctl.value)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = compute_gae(rewards, batch["values"], mask, args.gamma, args.lam)
+        advantages = masked_whiten(advantages, mask) * mask
+        batch.update(advantages=advantages, returns=returns)
+
+        self.policy.train()
+        logged: dict[str, list[float]] = {}
+        generator = torch.Generator().manual_seed(args.seed + self.state.global_step)
+        for _ in range(args.ppo_epochs):
+            order = torch.randperm(len(rows), generator=generator)
+            for mini in order.split(args.mini_batch_size):
+                for micro in mini.split(args.batch_size):
+                    for key, value in self._train_micro_batch(batch, micro).items():
+                        logged.setdefault(key, []).append(value)
+                grad_norm = self.accelerator.clip_grad_norm_(self.parameters, args.max_grad_norm)
+                logged.setdefault("grad_norm", []).append(float(grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        self.scheduler.step()
+        sequence_kl = kl.sum(1).mean().item()
+        stats = {
+            "reward": batch["rewards"].mean().item(),
+            "reward_std": batch["rewards"].std().item() if len(rows) > 1 else 0.0,
+            "objective": (scores - self.kl_ctl.value * kl.sum(1)).mean().item(),
+            "kl": sequence_kl,
+            "kl_coef": self.kl_ctl.value,
+            "value/estimate": masked_mean(batch["values"], mask).item(),
+            "explained_variance": explained_variance(batch["values"], returns, mask),
+            "response_length": mask.sum(1).float().mean().item(),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+        }
+        stats.update({key: sum(v) / len(v) for key, v in logged.items()})
+        if args.adaptive_kl:
+            self.kl_ctl.update(sequence_kl, len(rows))
+        return stats
+
+    def _train_micro_batch(self, batch: dict, idx) -> dict[str, float]:
+        args = self.args
+        ids, attn, start, response, mask = self._select(batch, idx)
+        logits, values = self._forward(ids, attn, start)
+        logits = logits / args.temperature
+        from trl.trainer.utils import selective_log_softmax
+
+        logprobs = selective_log_softmax(logits, response)
+        pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
+            logprobs, batch["logprobs"][idx][:, :mask.shape[1]], batch["advantages"][idx][:, :mask.shape[1]], mask,
+            args.cliprange)
+        vf_loss, vf_clip_fraction = clipped_value_loss(
+            values, batch["values"][idx][:, :mask.shape[1]], batch["returns"][idx][:, :mask.shape[1]], mask,
+            args.cliprange_value)
+        entropy = masked_mean(entropy_from_logits(logits), mask)
+        loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * entropy
+        self.accelerator.backward(loss / args.gradient_accumulation_steps)
+        return {"loss": loss.item(), "policy/loss": pg_loss.item(), "policy/clip_fraction": clip_fraction.item(),
+                "policy/approx_kl": approx_kl.item(), "value/loss": vf_loss.item(),
+                "value/clip_fraction": vf_clip_fraction.item(), "entropy": entropy.item()}
+
+    # --- rollouts -----------------------------------------------------------------------------------
+    def _rows_for_step(self, step: int) -> list[dict]:
+        """The prompts of a step: a fresh seeded shuffle per pass over the data, so resume needs no extra state."""
+        import random
+
+        n, size = len(self.train_rows), self.args.rollout_size
+        rows = []
+        for g in range(step * size, (step + 1) * size):
+            order = list(range(n))
+            random.Random(self.args.seed + g // n).shuffle(order)
+            rows.append(self.train_rows[order[g % n]])
+        return rows
+
+    def _generate(self, rows: list[dict], generation_config) -> dict:
+        """Answers to the rows' prompts: query (left-padded) + response (cut after its first end token)."""
+        import torch
+
+        tok = self.tokenizer
+        prompts = [r["prompt"] for r in rows]
+        texts = [_prompt_text(tok, p) for p in prompts]
+        enc = tok(texts, padding=True, padding_side="left", truncation=True, truncation_side="left",
+                  max_length=self.args.max_seq_length - self.args.max_completion_length,
+                  add_special_tokens=not isinstance(prompts[0], list), return_tensors="pt")
+        policy = self.accelerator.unwrap_model(self.policy)
+        policy.eval()
+        responses = []
+        with torch.no_grad():
+            for i in range(0, len(rows), self.args.mini_batch_size):
+                part = {k: v[i:i + self.args.mini_batch_size].to(self.accelerator.device) for k, v in enc.items()}
+                out = policy.generate(**part, generation_config=generation_config)
+                responses.append(out[:, part["input_ids"].shape[1]:].cpu())
+        width = max(r.shape[1] for r in responses)
+        response = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=tok.pad_token_id)
+                              for r in responses])
+        is_end = torch.isin(response, self.eos_ids)
+        ends = torch.where(is_end.any(1), is_end.int().argmax(1), torch.full_like(is_end[:, 0], width - 1, dtype=torch.long))
+        mask = (torch.arange(width)[None, :] <= ends[:, None]).float()
+        response = response.masked_fill(mask == 0, tok.pad_token_id)
+        words = tok.batch_decode(response, skip_special_tokens=True)
+        completions = [[{"role": "assistant", "content": w}] if isinstance(p, list) else w
+                       for p, w in zip(prompts, words)]
+        return {"query": enc["input_ids"], "query_mask": enc["attention_mask"], "response": response, "mask": mask,
+                "prompts": prompts, "completions": completions}
+
+    def _score(self, rows: list[dict], batch: dict) -> "torch.Tensor":
+        import torch
+
+        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+        ids = [r[m.bool()].tolist() for r, m in zip(batch["response"], batch["mask"])]
+        rewards = self.reward_fn(prompts=batch["prompts"], completions=batch["completions"], completion_ids=ids,
+                                 **columns)
+        if len(rewards) != len(rows):
+            raise ValueError(f"the reward function returned {len(rewards)} rewards for {len(rows)} answers")
+        return torch.tensor([0.0 if r is None else float(r) for r in rewards])
+
+    def _rollout(self, rows: list[dict]) -> dict:
+        """Answers, their rewards, and the rollout's log-probabilities, reference log-probabilities and values."""
+        import torch
+
+        batch = self._generate(rows, self.sampling)
+        batch["rewards"] = self._score(rows, batch)
+        parts: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": []}
+        self.policy.eval()
+        with torch.no_grad():
+            for idx in torch.arange(len(rows)).split(self.args.mini_batch_size):
+                ids, attn, start, response, mask = self._select(batch, idx)
+                logits, values = self._forward(ids, attn, start)
+                with self._reference():
+                    ref_logits, _ = self._forward(ids, attn, start, model=self.ref_model)
+                width = batch["response"].shape[1]
+                for key, value in (("logprobs", self._logprobs(logits, response)),
+                                   ("ref_logprobs", self._logprobs(ref_logits, response)), ("values", values)):
+                    parts[key].append(torch.nn.functional.pad(value * mask, (0, width - value.shape[1])))
+        batch.update({k: torch.cat(v) for k, v in parts.items()})
+        return batch
+
+    def _logprobs(self, logits, response):
+        from trl.trainer.utils import selective_log_softmax
+
+        return selective_log_softmax(logits / self.args.temperature, response)
+
+    def _select(self, batch: dict, idx):
+        """Rows ``idx`` as model inputs, without columns that are padding in all of them."""
+        import torch
+
+        query, qmask = batch["query"][idx], batch["query_mask"][idx]
+        response, mask = batch["response"][idx], batch["mask"][idx]
+        left = int((qmask.cumsum(1) == 0).sum(1).min())
+        right = int(mask.sum(1).max())
+        query, qmask, response, mask = query[:, left:], qmask[:, left:], response[:, :right], mask[:, :right]
+        ids = torch.cat([query, response], dim=1)
+        attn = torch.cat([qmask, mask.long()], dim=1)
+        device = self.accelerator.device
+        return ids.to(device), attn.to(device), query.shape[1], response.to(device), mask.to(device)
+
+    def _forward(self, ids, attn, start: int, model=None):
+        """Logits and values at the positions that predict the response tokens (``ids[:, start:]``)."""
+        lm = self.accelerator.unwrap_model(model if model is not None else self.policy)
+        if hasattr(lm, "get_base_model"):
+            lm = lm.get_base_model()
+        position_ids = (attn.cumsum(1) - 1).clamp(min=0)
+        hidden = lm.base_model(input_ids=ids, attention_mask=attn, position_ids=position_ids,
+                               use_cache=False).last_hidden_state[:, start - 1:-1]
+        logits = lm.get_output_embeddings()(hidden).float()
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        return logits, values
+
+    def _reference(self):
+        """The reference network: the policy with its adapters off (LoRA), or the frozen copy."""
+        from contextlib import nullcontext
+
+        if self.ref_model is None:
+            return self.accelerator.unwrap_model(self.policy).disable_adapter()
+        return nullcontext()
+
+    # --- evaluation, logging, checkpoints -------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward of greedy answers to the held-out prompts."""
+        import torch
+
+        rewards, lengths = [], []
+        for i in range(0, len(self.eval_rows), self.args.mini_batch_size):
+            rows = self.eval_rows[i:i + self.args.mini_batch_size]
+            batch = self._generate(rows, self.greedy)
+            rewards.append(self._score(rows, batch))
+            lengths.append(batch["mask"].sum(1))
+        r = torch.cat(rewards)
+        return {"reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0,
+                "response_length": torch.cat(lengths).float().mean().item()}
+
+    def _callback(self, event: str, **kwargs) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self.args, self.state, self.control, **kwargs)
+
+    def _log(self, logs: dict[str, float]) -> None:
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self._callback("on_log", logs=dict(logs))
+        if self.args.report_to:
+            self.accelerator.log({k.replace("eval_", "eval/", 1) if k.startswith("eval_") else f"train/{k}": v
+                                  for k, v in logs.items()}, step=self.state.global_step)
+
+    def _save_checkpoint(self) -> None:
+        """``checkpoint-N``: adapters (or weights), value head, optimizer, scheduler, RNG, KL coefficient, and
+        ``trainer_state.json`` last, which marks the checkpoint complete."""
+        import json
+        import random
+        import shutil
+
+        import numpy as np
+        import torch
+
+        path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        self.accelerator.unwrap_model(self.policy).save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        torch.save(self.accelerator.unwrap_model(self.value_head).state_dict(), path / "value_head.pt")
+        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                   path / "rng_state.pth")
+        (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
+        self.state.save_to_json(str(path / "trainer_state.json"))
+        self._callback("on_save")
+        self._rotate_checkpoints()
+
+    def _rotate_checkpoints(self) -> None:
+        import re
+        import shutil
+
+        limit = self.args.save_total_limit
+        if not limit:
+            return
+        found = sorted((int(m.group(1)), p) for p in Path(self.args.output_dir).iterdir()
+                       if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+        for _, old in found[:-limit]:
+            shutil.rmtree(old)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        import json
+        import random
+
+        import numpy as np
+        import torch
+        from transformers import TrainerState
+
+        policy = self.accelerator.unwrap_model(self.policy)
+        if hasattr(policy, "get_base_model"):
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(policy, load_peft_weights(str(path)))
+        else:
+            from safetensors.torch import load_file
+
+            unexpected = policy.load_state_dict(load_file(path / "model.safetensors"), strict=False).unexpected_keys
+            if unexpected:
+                raise UserError(f"{path}: checkpoint does not fit the model (unexpected {unexpected[:3]})")
+        self.accelerator.unwrap_model(self.value_head).load_state_dict(torch.load(path / "value_head.pt"))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt"))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
+        rng = torch.load(path / "rng_state.pth", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.kl_ctl.value = json.loads((path / "ppo_state.json").read_text())["kl_coef"]
+        saved = TrainerState.load_from_json(str(path / "trainer_state.json"))
+        self.state.global_step, self.state.epoch = saved.global_step, saved.epoch
+        self.state.log_history = saved.log_history
+
+    def end(self) -> None:
+        if self.args.report_to:
+            self.accelerator.end_training()
+
+
+class LearnedReward:
+    """A trained reward model as a reward function: ``f(prompts, completions, **columns) -> list[float]``.
+
+    Texts are built as the RewardTrainer built its pairs (chat template for messages, EOS after text) and
+    scored ``batch_size`` at a time; the same callable serves PPO, GRPO and the composite reward.
+    """
+
+    def __init__(self, path: str, batch_size: int = 8, max_length: int = 1024, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        folder = check_reward_model(path)
+        self.__name__ = f"learned_reward:{folder.name}"  # TRL logs reward functions by name
+        self.tokenizer = load_tokenizer(str(folder))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
+        texts = reward_model_texts(self.tokenizer, prompts, completions)
+        return score_texts(self.model, self.tokenizer, texts, isinstance(prompts[0], list), self.batch_size,
+                           self.max_length)

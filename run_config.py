@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import typing
+
 import yaml
 from transformers import HfArgumentParser
 
@@ -109,12 +111,133 @@ class TrackingArguments:
     wandb_project: str = _opt("q-rl", "W&B project.")
 
 
+@dataclass
+class GenerationArguments:
+    """How answers are sampled: PPO rollouts, mined pairs, policy-written negatives."""
+
+    max_completion_length: int = _opt(256, "Longest generated answer in tokens.")
+    temperature: float = _opt(1.0, "Sampling temperature of generated answers.")
+
+
+@dataclass
+class PPOArguments:
+    """PPO's own knobs; kl_coef, entropy_coef and reward_scale are in ``model:`` and shared with the other paths."""
+
+    rl_algorithm: str = _opt(
+        "grpo", "Algorithm of the test-case paths (default path, --test_case_rewards_only): grpo or ppo. "
+        "--use_reward_model always trains with PPO.", choices=["grpo", "ppo"],
+    )
+    ppo_epochs: int = _opt(4, "Optimisation passes over each batch of rollouts.")
+    num_mini_batches: int = _opt(
+        1, "Minibatches per pass. A PPO step samples batch_size x gradient_accumulation_steps x num_mini_batches "
+        "answers, one per prompt.",
+    )
+    cliprange: float = _opt(0.2, "Clip range of the policy ratio.")
+    cliprange_value: float = _opt(0.2, "Clip range of the value estimates around their rollout values.")
+    vf_coef: float = _opt(0.1, "Weight of the value loss.")
+    gamma: float = _opt(1.0, "Discount factor.")
+    lam: float = _opt(0.95, "GAE lambda: 1 is Monte-Carlo returns, 0 is one-step TD.")
+    whiten_rewards: bool = _opt(False, "Normalise each batch's per-token rewards to unit variance.")
+    adaptive_kl: bool = _opt(False, "Adapt kl_coef so that the KL to the reference approaches kl_target.")
+    kl_target: float = _opt(6.0, "Target KL (summed over an answer's tokens) for --adaptive_kl.")
+    kl_horizon: int = _opt(10000, "Answers over which --adaptive_kl closes the gap to kl_target.")
+
+
+@dataclass
+class MiningArguments:
+    """Preference pairs mined from test runs: sample answers, run their tests, prefer the better answer."""
+
+    mine_pairs_from: str | None = _opt(
+        None, "Problems file (with tests) to mine preference pairs from: train_reward_model.py, run_rl.py --use_dpo."
+    )
+    mine_samples: int = _opt(8, "Answers sampled per problem when mining.")
+    mine_max_pairs: int = _opt(8, "Most pairs kept per problem, largest differences first (0: all).")
+    mine_with_reference: bool = _opt(False, "Add each problem's reference solution to its sampled answers.")
+    policy_model: str | None = _opt(
+        None, "Model that writes answers for mining and for --demo_negatives policy (default: --base_model)."
+    )
+
+
 RL_SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "run": RunArguments,
     "data": DataArguments,
     "lora": LoraArguments,
     "tracking": TrackingArguments,
+    "generation": GenerationArguments,
+    "ppo": PPOArguments,
+    "mining": MiningArguments,
+}
+
+
+def section(name: str, doc: str, *parts: tuple[type, list[str] | None], **defaults: Any) -> type:
+    """A section made of options defined elsewhere: the same fields (type, help), new defaults where given.
+
+    ``parts`` are ``(dataclass, field names or None for all)``; the result is an ordinary dataclass.
+    """
+    fields = []
+    for cls, names in parts:
+        hints = typing.get_type_hints(cls)
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        for fname in names or list(by_name):
+            f = by_name[fname]
+            if fname in defaults:
+                default = defaults.pop(fname)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = f.default
+            kw = {"default_factory": (lambda d=default: list(d))} if isinstance(default, list) else {"default": default}
+            fields.append((fname, hints[fname], field(metadata=f.metadata, **kw)))
+    assert not defaults, f"defaults for options the section lacks: {sorted(defaults)}"
+    cls = dataclasses.make_dataclass(name, fields)
+    cls.__doc__, cls.__module__ = doc, __name__
+    return cls
+
+
+@dataclass
+class RewardDataArguments:
+    """The reward model's training data: its own options (eval_data and eval_split come from ``data:``)."""
+
+    data_path: str | None = _opt(
+        None, "Training data: preference pairs, rankings or demonstrations (JSONL, JSON, parquet or a saved "
+        "datasets folder). Optional with --mine_pairs_from.",
+    )
+    data_format: str = _opt(
+        "auto", "Format of --data_path and --eval_data; auto detects it from the fields.",
+        choices=["auto", "pairs", "rankings", "demonstrations"],
+    )
+    demo_negatives: str = _opt(
+        "corrupt", "What a demonstration is preferred over: corrupted copies of it, the policy's own answer, or both.",
+        choices=["corrupt", "policy", "both"],
+    )
+
+
+REWARD_MODEL_CONFIG = PROJECT_DIR / "configs" / "reward_model.yaml"
+_RM_MODEL_OPTIONS = [
+    "base_model", "max_seq_length", "bf16", "learning_rate", "batch_size", "gradient_accumulation_steps",
+    "max_steps", "save_steps", "eval_steps", "logging_steps", "gradient_checkpointing", "max_grad_norm",
+    "warmup_steps", "lr_scheduler_type", "seed",
+]
+REWARD_MODEL_SECTIONS: dict[str, type] = {
+    "model": section(
+        "RewardModelArguments", "The reward model's base model and training parameters (no RL parameters).",
+        (ModelArguments, _RM_MODEL_OPTIONS),
+        learning_rate=1.0e-4, batch_size=4, gradient_accumulation_steps=1, max_steps=200, eval_steps=25,
+    ),
+    "run": section(
+        "RewardModelRunArguments", "Where the reward model's run goes and how it restarts.",
+        (RunArguments, ["output_dir", "experiment_name", "resume_from_checkpoint", "overwrite_output_dir",
+                        "save_total_limit"]),
+    ),
+    "data": section(
+        "RewardModelDataArguments", "The preference data the reward model learns from.",
+        (RewardDataArguments, None), (DataArguments, ["eval_data", "eval_split"]),
+    ),
+    "lora": LoraArguments,
+    "tracking": TrackingArguments,
+    "generation": GenerationArguments,
+    "mining": MiningArguments,
 }
 
 
@@ -141,27 +264,32 @@ class _Parser(HfArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-def build_parser(sections: dict[str, type], prog: str | None = None, description: str | None = None) -> _Parser:
+def build_parser(
+    sections: dict[str, type], prog: str | None = None, description: str | None = None,
+    default_config: Path = DEFAULT_CONFIG,
+) -> _Parser:
     names = [f.name for cls in sections.values() for f in dataclasses.fields(cls)]
     dupes = {n for n in names if names.count(n) > 1}
     assert not dupes, f"option names defined twice: {dupes}"
     parser = _Parser(list(sections.values()), prog=prog, description=description)
-    parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {DEFAULT_CONFIG.name} beside the script).")
+    shown = default_config.relative_to(PROJECT_DIR) if default_config.is_relative_to(PROJECT_DIR) else default_config
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {shown} beside the script).")
     if "use_peft" in names:
         parser.add_argument("--no_peft", dest="use_peft", action="store_false", help="Full fine-tuning, no LoRA.")
     return parser
 
 
 def parse_config(
-    sections: dict[str, type], argv: list[str] | None = None, prog: str | None = None, description: str | None = None
+    sections: dict[str, type], argv: list[str] | None = None, prog: str | None = None, description: str | None = None,
+    default_config: Path = DEFAULT_CONFIG,
 ) -> Config:
-    """Parse defaults < config file < flags into a Config."""
+    """Parse defaults < config file (``default_config`` unless --config) < flags into a Config."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(sections, prog, description)
+    parser = build_parser(sections, prog, description, default_config)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    config_path = Path(known.config) if known.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config_path = Path(known.config) if known.config else (default_config if default_config.is_file() else None)
     if known.config and not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
     if config_path is not None:
@@ -222,24 +350,22 @@ def _convert(value: Any, action: argparse.Action, where: str) -> Any:
 
 def validate_training(cfg: Config) -> None:
     """Checks every training path shares; a failure is one line naming the option."""
-    m = cfg.model
-    positive = {
-        "learning_rate": m.learning_rate,
-        "batch_size": m.batch_size,
-        "gradient_accumulation_steps": m.gradient_accumulation_steps,
-        "max_steps": m.max_steps,
-        "save_steps": m.save_steps,
-        "max_seq_length": m.max_seq_length,
-        "logging_steps": m.logging_steps,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"--{name} must be greater than 0 (got {value})")
-    non_negative = {"eval_steps": m.eval_steps, "kl_coef": m.kl_coef, "entropy_coef": m.entropy_coef, "warmup_steps": m.warmup_steps}
-    for name, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"--{name} must not be negative (got {value})")
-    if m.reward_scale == 0:
+    options = {f.name: getattr(s, f.name) for s in cfg.sections.values() for f in dataclasses.fields(s)}
+    positive = (
+        "learning_rate batch_size gradient_accumulation_steps max_steps save_steps max_seq_length logging_steps "
+        "max_completion_length temperature ppo_epochs num_mini_batches kl_horizon kl_target mine_samples"
+    ).split()
+    for name in positive:
+        if name in options and not options[name] > 0:
+            raise ConfigError(f"--{name} must be greater than 0 (got {options[name]})")
+    non_negative = "eval_steps kl_coef entropy_coef warmup_steps cliprange cliprange_value vf_coef mine_max_pairs".split()
+    for name in non_negative:
+        if name in options and options[name] < 0:
+            raise ConfigError(f"--{name} must not be negative (got {options[name]})")
+    for name in ("gamma", "lam"):
+        if name in options and not 0 <= options[name] <= 1:
+            raise ConfigError(f"--{name} must be between 0 and 1 (got {options[name]})")
+    if options.get("reward_scale") == 0:
         raise ConfigError("--reward_scale must not be 0 (every reward would be 0)")
     if hasattr(cfg, "lora") and cfg.lora.use_peft and not (cfg.lora.lora_r > 0 and cfg.lora.lora_alpha > 0):
         raise ConfigError("--lora_r and --lora_alpha must be greater than 0")

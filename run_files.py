@@ -7,6 +7,8 @@
 ├── logs/training_log.txt       (human-readable progress)
 ├── logs/rewards.json           (statistics per logging step)
 ├── logs/eval_results.json      (every evaluation)
+├── logs/mining.json            (counts of mined preference pairs, when --mine_pairs_from)
+├── data/mined_pairs.jsonl      (the mined pairs, in the preference format)
 ├── results/*.png               (training curves)
 └── config.yaml                 (the effective configuration, re-runnable with --config)
 ```
@@ -67,6 +69,8 @@ class RunFolder:
         self.rewards_json = self.logs / "rewards.json"
         self.eval_json = self.logs / "eval_results.json"
         self.config_yaml = self.root / "config.yaml"
+        self.mined_pairs = self.root / "data" / "mined_pairs.jsonl"
+        self.mining_json = self.logs / "mining.json"
         self.final_model = self.checkpoints / "final"
         self.created = False  # whether this process made the folder (and may remove it on early failure)
 

@@ -1,6 +1,9 @@
 """The training paths: one function per path, all writing the same run folder.
 
-- ``train_dpo``: Direct Preference Optimization on preference pairs (TRL DPOTrainer).
+- ``train_dpo``: Direct Preference Optimization on preference pairs (TRL DPOTrainer), or on pairs mined
+  from test runs (``--mine_pairs_from``).
+- ``train_ppo``: PPO against a learned reward model (``--use_reward_model``); ``run_ppo`` takes any reward
+  function, for ``--rl_algorithm ppo`` on the test-case paths.
 - GRPO on test-case rewards, the default composite path, and PPO on a learned reward are added by their
   own issues; until then they stop at start with a clear line.
 """
@@ -8,12 +11,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
-from data_loading import DataError, UserError, load_preferences
+from data_loading import DataError, UserError, load_preferences, read_records, require_fields
 from q_trl_training import (
+    PPOTrainer,
+    _as_chat,
     build_dpo_trainer,
+    check_reward_model,
     check_wandb,
     load_tokenizer,
+    peft_config,
+    ppo_config,
     resolve_base_model,
     save_final_model,
 )
@@ -48,6 +57,7 @@ def train(cfg: Config) -> RunFolder:
     if method not in TRAINERS:
         flag = next((f"--{f}" for f, m in METHODS.items() if m == method), "the default path (no method flag)")
         raise UserError(f"{flag} is not available yet in this version; use --use_dpo")
+    _check_method_options(cfg, method)
     folder, resume, name = _prepare(cfg)
     try:
         TRAINERS[method](cfg, folder, resume, name)
@@ -57,9 +67,17 @@ def train(cfg: Config) -> RunFolder:
     return folder
 
 
-def _prepare(cfg: Config) -> tuple[RunFolder, Path | None, str]:
+def _check_method_options(cfg: Config, method: str) -> None:
+    """Options that only one path reads are refused on the others, rather than silently ignored."""
+    if cfg.ppo.rl_algorithm == "ppo" and method == "dpo":
+        raise UserError("--rl_algorithm ppo is for the test-case paths; --use_dpo has no reward to optimise")
+    if cfg.mining.mine_pairs_from and method != "dpo":
+        raise UserError("--mine_pairs_from trains on preference pairs: use it with --use_dpo or train_reward_model.py")
+
+
+def _prepare(cfg: Config, name: str | None = None) -> tuple[RunFolder, Path | None, str]:
     """Every check that can fail on bad input, before anything is written."""
-    name = run_name(cfg)
+    name = name or run_name(cfg)
     folder = RunFolder(Path(cfg.run.output_dir) / name)
     resume = folder.resolve_resume(cfg.run.resume_from_checkpoint)
     folder.check_can_start(resume, cfg.run.overwrite_output_dir)
@@ -68,7 +86,11 @@ def _prepare(cfg: Config) -> tuple[RunFolder, Path | None, str]:
 
 
 def train_dpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:
-    train_rows, eval_rows = _preference_splits(cfg)
+    on_create = None
+    if cfg.mining.mine_pairs_from:
+        train_rows, eval_rows, on_create = _mined_splits(cfg, folder)
+    else:
+        train_rows, eval_rows = _preference_splits(cfg)
     model_path = resolve_base_model(cfg.model.base_model)
     tokenizer = load_tokenizer(model_path)
     if isinstance(train_rows[0]["prompt"], list) and not tokenizer.chat_template:
@@ -86,7 +108,93 @@ def train_dpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) ->
         name,
         callbacks=[RunFolderCallback(folder, "dpo")],
     )
+    _run(trainer, tokenizer, folder, cfg, resume, on_create=on_create)
+
+
+def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict], Callable[[], None]]:
+    """DPO on pairs mined from test runs (plus --preference_data when given), eval by held-out problems."""
+    import mining
+    from reward_data import same_form, split_by_prompt
+
+    rows, counts = mining.mine(cfg, mining.sandbox_scorer())
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    print(mining.summary(counts))
+    if cfg.data.preference_data:
+        rows += load_preferences(cfg.data.preference_data)
+    if cfg.data.eval_data:
+        train_rows, eval_rows = rows, load_preferences(cfg.data.eval_data)
+    else:
+        train_rows, eval_rows = split_by_prompt(rows, cfg.data.eval_split if cfg.model.eval_steps else 0, cfg.model.seed)
+    same_form(train_rows + eval_rows, "the DPO pairs")
+    return train_rows, eval_rows, lambda: mining.write_mined(folder, rows, counts, cfg.mining.mine_pairs_from)
+
+
+def train_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:
+    """PPO against a reward model trained with train_reward_model.py."""
+    if not cfg.data.reward_model_path:
+        raise UserError("--use_reward_model needs --reward_model_path (a model written by train_reward_model.py)")
+    check_reward_model(cfg.data.reward_model_path)
+    from q_trl_training import LearnedReward
+
+    train_rows, eval_rows = ppo_prompts(cfg)
+    reward = LearnedReward(cfg.data.reward_model_path, max_length=cfg.model.max_seq_length)
+    run_ppo(cfg, folder, resume, name, reward, train_rows, eval_rows, method="ppo_reward_model")
+
+
+def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, reward_fn: Callable[..., list],
+            train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], method: str) -> None:
+    """PPO on any reward function with TRL's signature ``f(prompts, completions, **columns)``.
+
+    Rows hold ``prompt`` and any columns the reward function reads (``tests``, ``entry_point``...); text
+    prompts become a user turn of the policy's chat template.
+    """
+    model_path = resolve_base_model(cfg.model.base_model)
+    tokenizer = load_tokenizer(model_path)
+    chat = [{**r, "prompt": _as_chat(tokenizer, r["prompt"])} for r in train_rows]
+    chat_eval = [{**r, "prompt": _as_chat(tokenizer, r["prompt"])} for r in eval_rows]
+    if isinstance(chat[0]["prompt"], list) and not tokenizer.chat_template:
+        raise UserError(f"{model_path}: conversational prompts need a tokenizer with a chat template")
+    trainer = PPOTrainer(model_path, ppo_config(cfg, folder, name), tokenizer, reward_fn, chat, chat_eval,
+                         peft_config=peft_config(cfg), callbacks=[RunFolderCallback(folder, method)])
     _run(trainer, tokenizer, folder, cfg, resume)
+
+
+def ppo_prompts(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """PPO's prompts: --train_data's (problems or any file with a prompt field; rows marked split 'eval' are
+    held out), else the prompts of the preference pairs the reward model was trained on (--preference_data,
+    default the shipped pairs). Evaluation: --eval_data, the held-out rows, or the shipped held-out pairs."""
+    d = cfg.data
+    if d.train_data:
+        rows = prompt_rows(d.train_data)
+        held = [r for r in rows if r.get("split") == "eval"]
+        rows = [r for r in rows if r.get("split") != "eval"]
+    else:
+        rows, held = prompt_rows(d.preference_data or SHIPPED_PREFERENCES), []
+        if not d.preference_data and SHIPPED_PREFERENCES_EVAL.is_file():
+            held = prompt_rows(SHIPPED_PREFERENCES_EVAL)
+    if d.eval_data:
+        held = prompt_rows(d.eval_data)
+    if not rows:
+        raise DataError(f"{d.train_data}: no training prompts (every row is marked split 'eval')")
+    return rows, held if cfg.model.eval_steps else []
+
+
+def prompt_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with a prompt: preference pairs give their distinct prompts; other rows keep all their fields."""
+    rows, seen = [], set()
+    for record in read_records(path):
+        require_fields(record, ("prompt",))
+        prompt = record.data["prompt"]
+        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+            raise DataError(f"{record.where}: field 'prompt' must be text or a list of messages")
+        if "chosen" in record.data:
+            if repr(prompt) in seen:
+                continue
+            seen.add(repr(prompt))
+            rows.append({"prompt": prompt})
+        else:
+            rows.append(dict(record.data))
+    return rows
 
 
 def _preference_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -110,16 +218,24 @@ def _preference_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def _run(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None) -> None:
-    """Train with the run folder in place; a failure before the first checkpoint leaves nothing behind."""
+def _run(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None,
+         on_create: Callable[[], None] | None = None, after_train: Callable[[], None] | None = None) -> None:
+    """Train with the run folder in place; a failure before the first checkpoint leaves nothing behind.
+
+    ``on_create`` writes the path's own files once the folder exists; ``after_train`` runs before trackers close.
+    """
     if trainer.accelerator.is_main_process:
         folder.create(resume, cfg.run.overwrite_output_dir)
         folder.write_config(cfg.to_yaml())
+        if on_create:
+            on_create()
     trainer.accelerator.wait_for_everyone()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     final = save_final_model(trainer, tokenizer, folder)
     if trainer.accelerator.is_main_process:
         folder.log_line(f"final model saved to {final}")
+        if after_train:
+            after_train()
         folder.plot()
     _end(trainer)
 
@@ -130,4 +246,4 @@ def _end(trainer) -> None:
         end()
 
 
-TRAINERS = {"dpo": train_dpo}
+TRAINERS = {"dpo": train_dpo, "ppo_reward_model": train_ppo}

@@ -1,0 +1,171 @@
+"""Train a reward model (a one-output sequence classifier) on preferences, with TRL's RewardTrainer.
+
+    python train_reward_model.py --data_path data/preferences.jsonl --output_dir outputs/rm --learning_rate 1e-5
+    python train_reward_model.py --data_path rankings.jsonl --data_format rankings
+    python train_reward_model.py --data_path demos.jsonl --demo_negatives both
+    python train_reward_model.py --mine_pairs_from data/problems/python.jsonl --mine_samples 8
+
+Data: preference pairs, quality rankings, expert demonstrations, or pairs mined from test runs; see
+docs/reward_models.md. Options come from built-in defaults, then configs/reward_model.yaml (or --config
+FILE), then these flags. The model lands in OUTPUT_DIR/<run name>/checkpoints/final.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from data_loading import DataError, UserError, load_preferences
+from run_config import REWARD_MODEL_CONFIG, REWARD_MODEL_SECTIONS, Config, parse_config, validate_training
+from run_files import RunFolder
+
+
+def run_name(cfg: Config) -> str:
+    """Distinct from the policy runs' default name, so that the two can share an output folder."""
+    return cfg.run.experiment_name or f"{Path(cfg.model.base_model.rstrip('/')).name}-reward"
+
+
+def reward_pairs(cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any], Any]:
+    """Training and evaluation pairs from every source, what each source gave, and mined pairs to write.
+
+    Returns ``(train, eval, counts, mined)`` where ``mined`` is ``(rows, MiningCounts)`` or None.
+    """
+    from reward_data import same_form, split_by_prompt
+
+    d = cfg.data
+    if not d.data_path and not cfg.mining.mine_pairs_from:
+        raise UserError("no training data: give --data_path (pairs, rankings or demonstrations) "
+                        "or --mine_pairs_from (problems with tests)")
+    rows: list[dict] = []
+    counts: dict[str, Any] = {}
+    if d.data_path:
+        fmt, got, by_kind = load_pairs(d.data_path, d.data_format, cfg)
+        rows += got
+        counts[d.data_path] = {"format": fmt, "pairs": len(got), **({"by_kind": by_kind} if by_kind else {})}
+    mined = None
+    if cfg.mining.mine_pairs_from:
+        import mining
+
+        mined = mining.mine(cfg, mining.sandbox_scorer())
+        print(mining.summary(mined[1]))
+        rows += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in mined[0]]
+        counts[cfg.mining.mine_pairs_from] = {"format": "mined", "pairs": len(mined[0])}
+    if d.eval_data:
+        eval_rows = load_pairs(d.eval_data, d.data_format, cfg)[1]
+        train_rows = rows
+    else:
+        if not 0 <= d.eval_split < 1:
+            raise DataError(f"--eval_split must be at least 0 and below 1 (got {d.eval_split})")
+        train_rows, eval_rows = split_by_prompt(rows, d.eval_split if cfg.model.eval_steps else 0, cfg.model.seed)
+    if not train_rows:
+        raise DataError("no training pairs left after holding out the evaluation prompts; lower --eval_split")
+    same_form(train_rows + eval_rows, "the reward model's pairs")
+    return train_rows, eval_rows, counts, mined
+
+
+def load_pairs(path: str, data_format: str, cfg: Config) -> tuple[str, list[dict], dict[str, int]]:
+    """One file in any accepted format as pairs: (format, pairs, pairs by kind for demonstrations)."""
+    from reward_data import demonstration_pairs, load_reward_data, ranking_pairs
+
+    fmt, records = load_reward_data(path, data_format)
+    if fmt == "pairs":
+        return fmt, load_preferences(path), {}
+    if fmt == "rankings":
+        rows = ranking_pairs(records)
+        if not rows:
+            raise DataError(f"{path}: the rankings give no pairs (every response scored the same)")
+        return fmt, rows, {}
+    policy = None
+    if cfg.data.demo_negatives in ("policy", "both"):
+        policy = lambda prompts: [a[0] for a in _sample(cfg, prompts)]  # noqa: E731
+    rows, by_kind = demonstration_pairs(records, cfg.data.demo_negatives, policy)
+    if not rows:
+        raise DataError(f"{path}: no pairs from the demonstrations (no corruption or policy answer differed)")
+    return fmt, rows, by_kind
+
+
+def _sample(cfg: Config, prompts: list) -> list[list[str]]:
+    from q_trl_training import resolve_base_model, sample_answers
+
+    model = resolve_base_model(cfg.mining.policy_model or cfg.model.base_model)
+    return sample_answers(model, prompts, 1, cfg.generation.max_completion_length, cfg.generation.temperature,
+                          cfg.model.seed)
+
+
+def train_reward_model(cfg: Config) -> RunFolder:
+    from train_rl import _prepare, _run
+
+    folder, resume, name = _prepare(cfg, run_name(cfg))
+    try:
+        _train(cfg, folder, resume, name)
+    except BaseException:
+        folder.remove_if_unused()  # a run that failed before training leaves nothing behind
+        raise
+    return folder
+
+
+def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from q_trl_training import build_reward_trainer, load_tokenizer, resolve_base_model
+    from run_files import RunFolderCallback
+    from train_rl import _run
+
+    train_rows, eval_rows, counts, mined = reward_pairs(cfg)
+    model_path = resolve_base_model(cfg.model.base_model)
+    tokenizer = load_tokenizer(model_path)
+    if isinstance(train_rows[0]["prompt"], list) and not tokenizer.chat_template:
+        raise UserError(f"{model_path}: conversational preference data needs a tokenizer with a chat template")
+
+    class EvaluateAtEnd(TrainerCallback):
+        """The final model's held-out accuracy, whether or not max_steps is a multiple of eval_steps."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if eval_rows and cfg.model.eval_steps and state.global_step >= state.max_steps:
+                control.should_evaluate = True
+
+    trainer = build_reward_trainer(
+        cfg, model_path, tokenizer, Dataset.from_list(train_rows),
+        Dataset.from_list(eval_rows) if eval_rows else None, folder, name,
+        callbacks=[RunFolderCallback(folder, "reward_model"), EvaluateAtEnd()],
+    )
+
+    def on_create() -> None:
+        folder.log_line(f"reward model: {len(train_rows)} training pairs, {len(eval_rows)} held-out pairs; "
+                        + "; ".join(f"{src}: {c['pairs']} {c['format']}" for src, c in counts.items()))
+        if mined:
+            import mining
+
+            mining.write_mined(folder, mined[0], mined[1], cfg.mining.mine_pairs_from)
+
+    def after_train() -> None:
+        data = folder.read_json(folder.eval_json)
+        if data["steps"]:
+            last = data["steps"][-1]
+            data["final"] = {k: last[k] for k in ("step", "accuracy", "margin", "loss") if k in last}
+        data.update(train_pairs=len(train_rows), eval_pairs=len(eval_rows), sources=counts)
+        folder.write_json(folder.eval_json, data)
+
+    _run(trainer, tokenizer, folder, cfg, resume, on_create=on_create, after_train=after_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    try:
+        cfg = parse_config(REWARD_MODEL_SECTIONS, argv, prog="train_reward_model.py",
+                           description=__doc__.split("\n\n")[0], default_config=REWARD_MODEL_CONFIG)
+        validate_training(cfg)
+        folder = train_reward_model(cfg)
+    except UserError as e:
+        print(f"train_reward_model.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Run folder: {folder.root}")
+    print(f"Reward model: {folder.final_model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
