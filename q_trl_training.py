@@ -583,6 +583,7 @@ class PPOTrainer:
                 logged.setdefault("grad_norm", []).append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad()
+        learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step trained with
         self.scheduler.step()
         sequence_kl = kl.sum(1).mean().item()
         stats = {
@@ -594,7 +595,7 @@ class PPOTrainer:
             "value/estimate": masked_mean(batch["values"], mask).item(),
             "explained_variance": explained_variance(batch["values"], returns, mask),
             "response_length": mask.sum(1).float().mean().item(),
-            "learning_rate": self.scheduler.get_last_lr()[0],
+            "learning_rate": learning_rate,
         }
         stats.update({key: sum(v) / len(v) for key, v in logged.items()})
         if args.adaptive_kl:

@@ -162,7 +162,8 @@ def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, rewa
 def ppo_prompts(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """PPO's prompts: --train_data's (problems or any file with a prompt field; rows marked split 'eval' are
     held out), else the prompts of the preference pairs the reward model was trained on (--preference_data,
-    default the shipped pairs). Evaluation: --eval_data, the held-out rows, or the shipped held-out pairs."""
+    default the shipped pairs). Evaluation: --eval_data, the rows marked 'eval', the shipped held-out pairs'
+    prompts, or else --eval_split of the prompts."""
     d = cfg.data
     if d.train_data:
         rows = prompt_rows(d.train_data)
@@ -176,7 +177,13 @@ def ppo_prompts(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         held = prompt_rows(d.eval_data)
     if not rows:
         raise DataError(f"{d.train_data}: no training prompts (every row is marked split 'eval')")
-    return rows, held if cfg.model.eval_steps else []
+    if not cfg.model.eval_steps:
+        return rows, []
+    if not held:
+        from reward_data import split_by_prompt
+
+        rows, held = split_by_prompt(rows, d.eval_split, cfg.model.seed)
+    return rows, held
 
 
 def prompt_rows(path: str | Path) -> list[dict[str, Any]]:
