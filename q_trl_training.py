@@ -545,6 +545,7 @@ class PPOTrainer:
             rows = self._rows_for_step(self.state.global_step)
             stats = self.step(rows)
             self.state.global_step += 1
+            self._callback("on_step_end")
             self.state.epoch = self.state.global_step * args.rollout_size / len(self.train_rows)
             step = self.state.global_step
             if step % args.logging_steps == 0 or step == args.max_steps:

@@ -365,9 +365,6 @@ def validate_training(cfg: Config) -> None:
     for name in ("gamma", "lam"):
         if name in options and not 0 <= options[name] <= 1:
             raise ConfigError(f"--{name} must be between 0 and 1 (got {options[name]})")
-    if "max_completion_length" in options and options["max_seq_length"] <= options["max_completion_length"]:
-        raise ConfigError(f"--max_seq_length ({options['max_seq_length']}) must exceed --max_completion_length "
-                          f"({options['max_completion_length']}): the prompt needs room")
     if options.get("reward_scale") == 0:
         raise ConfigError("--reward_scale must not be 0 (every reward would be 0)")
     if hasattr(cfg, "lora") and cfg.lora.use_peft and not (cfg.lora.lora_r > 0 and cfg.lora.lora_alpha > 0):

@@ -22,6 +22,12 @@ from run_config import REWARD_MODEL_CONFIG, REWARD_MODEL_SECTIONS, Config, parse
 from run_files import RunFolder
 
 
+def parse_options(argv: list[str] | None = None) -> Config:
+    """The options, with configs/reward_model.yaml (not run_rl.py's config.yaml) as the default file."""
+    return parse_config(REWARD_MODEL_SECTIONS, argv, prog="train_reward_model.py",
+                        description=__doc__.split("\n\n")[0], default_config=REWARD_MODEL_CONFIG)
+
+
 def run_name(cfg: Config) -> str:
     """Distinct from the policy runs' default name, so that the two can share an output folder."""
     return cfg.run.experiment_name or f"{Path(cfg.model.base_model.rstrip('/')).name}-reward"
@@ -155,8 +161,7 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
     try:
-        cfg = parse_config(REWARD_MODEL_SECTIONS, argv, prog="train_reward_model.py",
-                           description=__doc__.split("\n\n")[0], default_config=REWARD_MODEL_CONFIG)
+        cfg = parse_options(argv)
         validate_training(cfg)
         folder = train_reward_model(cfg)
     except UserError as e:

@@ -134,6 +134,7 @@ def train_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) ->
     if not cfg.data.reward_model_path:
         raise UserError("--use_reward_model needs --reward_model_path (a model written by train_reward_model.py)")
     check_reward_model(cfg.data.reward_model_path)
+    _check_lengths(cfg)
     from q_trl_training import LearnedReward
 
     train_rows, eval_rows = ppo_prompts(cfg)
@@ -148,6 +149,7 @@ def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, rewa
     Rows hold ``prompt`` and any columns the reward function reads (``tests``, ``entry_point``...); text
     prompts become a user turn of the policy's chat template.
     """
+    _check_lengths(cfg)
     model_path = resolve_base_model(cfg.model.base_model)
     tokenizer = load_tokenizer(model_path)
     chat = [{**r, "prompt": _as_chat(tokenizer, r["prompt"])} for r in train_rows]
@@ -157,6 +159,12 @@ def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, rewa
     trainer = PPOTrainer(model_path, ppo_config(cfg, folder, name), tokenizer, reward_fn, chat, chat_eval,
                          peft_config=peft_config(cfg), callbacks=[RunFolderCallback(folder, method)])
     _run(trainer, tokenizer, folder, cfg, resume)
+
+
+def _check_lengths(cfg: Config) -> None:
+    if cfg.model.max_seq_length <= cfg.generation.max_completion_length:
+        raise UserError(f"--max_seq_length ({cfg.model.max_seq_length}) must exceed --max_completion_length "
+                        f"({cfg.generation.max_completion_length}): the prompt needs room")
 
 
 def ppo_prompts(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
