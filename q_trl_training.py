@@ -252,8 +252,8 @@ def sample_answers(model_path: str, prompts: list, n: int, max_new_tokens: int, 
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     texts = [_prompt_text(tokenizer, _as_chat(tokenizer, p)) for p in prompts]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=None,
-                           top_p=None, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+                           top_p=1.0, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id)
     answers: list[list[str]] = []
     per_call = max(1, batch_size // n)
@@ -513,8 +513,9 @@ class PPOTrainer:
         gen_eos = policy.generation_config.eos_token_id
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self.eos_ids = torch.tensor(sorted(eos))
+        # top_k=0 and top_p=1 switch truncation off: the log-probabilities PPO computes are of the full distribution
         common = dict(max_new_tokens=args.max_completion_length, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=sorted(eos), top_k=None, top_p=None)
+                      eos_token_id=sorted(eos), top_k=0, top_p=1.0)
         self.sampling = GenerationConfig(do_sample=True, temperature=args.temperature, **common)
         self.greedy = GenerationConfig(do_sample=False, **common)
 

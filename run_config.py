@@ -382,5 +382,5 @@ def options_markdown(sections: dict[str, type]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(options_markdown(RL_SECTIONS))
+if __name__ == "__main__":  # python run_config.py [reward_model]: the options table of run_rl.py (or the other)
+    print(options_markdown(REWARD_MODEL_SECTIONS if sys.argv[1:] == ["reward_model"] else RL_SECTIONS))

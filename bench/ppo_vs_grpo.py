@@ -7,7 +7,7 @@ prompts. PPO runs with its default 4 optimisation epochs and with 1. Each varian
 variants alternate, in one run. Reports the median seconds per step (first step left out: warm-up) and
 the peak resident memory of each process (and peak GPU memory on a GPU).
 
-    python bench/ppo_vs_grpo.py --steps 6 --repeats 2
+    python bench/ppo_vs_grpo.py --steps 4 --repeats 2
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-COMMON = dict(answers_per_step=4, max_completion_length=64, learning_rate=1e-5, kl_coef=0.1, entropy_coef=0.01,
+COMMON = dict(answers_per_step=4, max_completion_length=32, learning_rate=1e-5, kl_coef=0.1, entropy_coef=0.01,
               temperature=1.0, lora_r=16, lora_alpha=32, seed=42, n_prompts=16)
 VARIANTS = {"ppo": {"ppo_epochs": 4}, "ppo_1_epoch": {"ppo_epochs": 1}, "grpo": {}}
 
@@ -130,7 +130,7 @@ def measure(cmd: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base_model", default=None, help="default: the embedded model")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ppo_vs_grpo.json"))

@@ -218,3 +218,13 @@ def test_bad_ppo_inputs_are_one_clear_line(ppo_argv, tiny_model, tmp_path, capsy
         assert code == 2 and len(lines) == 1, err[-2000:]
         assert lines[0].startswith("run_rl.py: error: ") and needle in lines[0], lines[0]
     assert not (tmp_path / "out").exists(), "a failed start must write nothing"
+
+
+def test_wandb_offline_ppo_run(ppo_argv, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.delenv("WANDB_NAME", raising=False)
+    run(ppo_argv + ["--wandb", "--wandb_project", "q-rl-test", "--max_steps", "1", "--eval_steps", "0"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
