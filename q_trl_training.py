@@ -156,3 +156,163 @@ def save_final_model(trainer, tokenizer, folder: RunFolder) -> Path:
         tokenizer.save_pretrained(folder.final_model)
     trainer.accelerator.wait_for_everyone()
     return folder.final_model
+
+
+# --- GRPO: the test-case paths ------------------------------------------------------------------------------
+
+INSTRUCTIONS = {
+    "python": "Answer with the complete Python function in one ```python code block.",
+    "q": "Answer with the q definition of `solve` in one ```q code block.",
+}
+
+
+def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
+    """The one prompt builder for training and evaluation: chat template where the model has one, raw text for
+    completion-style problems (HumanEval prompts that the answer continues)."""
+    if getattr(problem, "completion_style", False) or not tokenizer.chat_template:
+        return problem.prompt
+    instruction = INSTRUCTIONS.get(problem.language, "")
+    return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]
+
+
+def prompt_text(prompt: str | list[dict[str, str]], tokenizer) -> str:
+    """What the model actually reads for a prompt (the chat template applied)."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def truncate_prompt(prompt: str | list[dict[str, str]], tokenizer, max_tokens: int) -> tuple[Any, bool]:
+    """Cut a prompt from the left to max_tokens (template included), keeping the instruction's end."""
+    n_tokens = len(tokenizer(prompt_text(prompt, tokenizer), add_special_tokens=False)["input_ids"])
+    if n_tokens <= max_tokens:
+        return prompt, False
+    content = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    ids = tokenizer(content, add_special_tokens=False)["input_ids"]
+    keep = max(len(ids) - (n_tokens - max_tokens), 1)
+    cut = tokenizer.decode(ids[-keep:])
+    if isinstance(prompt, str):
+        return cut, True
+    return [*prompt[:-1], {**prompt[-1], "content": cut}], True
+
+
+def check_vllm(cfg: Config) -> None:
+    if cfg.grpo.use_vllm:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("--use_vllm: the vllm package is not installed (pip install vllm; it needs a GPU)")
+
+
+def _grpo_class():
+    from trl import GRPOTrainer
+
+    class CodeGRPOTrainer(GRPOTrainer):
+        """TRL's GRPOTrainer plus what code RL needs: reward_scale that survives group normalisation, groups
+        with equal rewards left out of the loss, and evaluation by running sampled code (pass@k)."""
+
+        def __init__(self, *args, reward_scale: float = 1.0, drop_zero_variance_groups: bool = False,
+                     evaluator=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.reward_scale = reward_scale
+            self.drop_zero_variance_groups = drop_zero_variance_groups
+            self.evaluator = evaluator
+
+        def _generate_and_score_completions(self, inputs):
+            import torch
+
+            out = super()._generate_and_score_completions(inputs)
+            if self.model.training and self.drop_zero_variance_groups:
+                adv, mask = out["advantages"], out["completion_mask"]
+                g = self.num_generations
+                flat = adv == 0
+                if adv.numel() % g == 0:  # whole groups on this process: drop a group only if all of it is flat
+                    flat = flat.view(-1, g).all(dim=1).repeat_interleave(g)
+                dropped_tokens = mask[flat].sum()
+                out["completion_mask"] = mask * (~flat).unsqueeze(1).to(mask.dtype)
+                counts = self.accelerator.gather(torch.stack([flat.sum() / g, dropped_tokens.float()]).view(1, 2))
+                counts = counts.view(-1, 2).sum(dim=0)
+                self._metrics["train"]["dropped_groups"].append(counts[0].item())
+                if out.get("num_items_in_batch") is not None:
+                    out["num_items_in_batch"] = torch.clamp(out["num_items_in_batch"] - counts[1], min=1)
+            out["advantages"] = out["advantages"] * self.reward_scale
+            return out
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+            if self.evaluator is None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            metrics, _ = self.evaluator(self.accelerator.unwrap_model(self.model), self.accelerator)
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return CodeGRPOTrainer
+
+
+def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, reward_funcs: list,
+                       folder: RunFolder, run_name: str, callbacks: list, evaluator=None):
+    """TRL's GRPOTrainer with the run's options: kl_coef -> beta, entropy_coef -> entropy_coef, and TRL's own
+    GRPO names passed through."""
+    from trl import GRPOConfig
+
+    g = cfg.grpo
+    args = GRPOConfig(
+        **trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None),
+        entropy_coef=cfg.model.entropy_coef,
+        num_generations=g.num_generations,
+        temperature=g.temperature,
+        max_completion_length=g.max_completion_length,
+        loss_type=g.loss_type,
+        epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high,
+        num_iterations=g.num_iterations,
+        scale_rewards=g.scale_rewards,
+        mask_truncated_completions=g.mask_truncated_completions,
+        use_vllm=g.use_vllm,
+        vllm_mode=g.vllm_mode,
+        log_completions=False,
+    )
+    return _grpo_class()(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=callbacks,
+        reward_scale=cfg.model.reward_scale,
+        drop_zero_variance_groups=g.drop_zero_variance_groups,
+        evaluator=evaluator,
+    )
+
+
+def sample_completions(model, tokenizer, prompts: list, n: int, temperature: float, max_new_tokens: int,
+                       batch_size: int = 8) -> list[list[str]]:
+    """n sampled answers per prompt (greedy and one answer when temperature is 0), decoded without specials."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    greedy = temperature <= 0
+    n = 1 if greedy else n
+    out: list[list[str]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [prompt_text(p, tokenizer) for p in prompts[start:start + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                    temperature=temperature if not greedy else None, top_p=None, top_k=None,
+                    num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+                )
+            answers = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.extend(answers[i:i + n] for i in range(0, len(answers), n))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return out

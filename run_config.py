@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
 
 from data_loading import UserError
 
@@ -109,12 +108,47 @@ class TrackingArguments:
     wandb_project: str = _opt("q-rl", "W&B project.")
 
 
+@dataclass
+class GRPOArguments:
+    """GRPO on the test-case paths; the names are TRL's own and pass through unchanged."""
+
+    num_generations: int = _opt(4, "Completions sampled per prompt (one GRPO group).")
+    temperature: float = _opt(1.0, "Sampling temperature while training.")
+    max_completion_length: int = _opt(256, "Longest completion in tokens.")
+    max_prompt_length: int = _opt(
+        512, "Longest prompt in tokens; longer prompts are cut from the left, keeping the instruction's end."
+    )
+    loss_type: str = _opt("dapo", "TRL GRPO loss: dapo, grpo, dr_grpo, bnpo, ...")
+    epsilon: float = _opt(0.2, "Lower clipping range of the policy ratio.")
+    epsilon_high: float | None = _opt(None, "Upper clipping range (default: --epsilon).")
+    num_iterations: int = _opt(1, "Optimisation passes over each generated batch.")
+    scale_rewards: str = _opt("group", "Advantage normalisation: group, batch or none.")
+    mask_truncated_completions: bool = _opt(False, "Leave completions cut at max_completion_length out of the loss.")
+    drop_zero_variance_groups: bool = _opt(
+        False, "Leave groups whose rewards are all equal out of the loss (dynamic sampling, without refill)."
+    )
+    use_vllm: bool = _opt(False, "Generate with vLLM (needs the vllm package and a GPU).")
+    vllm_mode: str = _opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
+
+
+@dataclass
+class EvalArguments:
+    """Evaluation by running sampled code: pass@1 and pass@k on --eval_data."""
+
+    eval_only: bool = _opt(False, "Evaluate --base_model (or a checkpoint) once and exit; write the samples.")
+    eval_num_samples: int = _opt(4, "Samples per problem (n of pass@k).")
+    eval_temperature: float = _opt(0.8, "Sampling temperature for evaluation (0: greedy, one sample).")
+    eval_max_problems: int | None = _opt(None, "Evaluate at most this many problems (default: all).")
+
+
 RL_SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "run": RunArguments,
     "data": DataArguments,
     "lora": LoraArguments,
     "tracking": TrackingArguments,
+    "grpo": GRPOArguments,
+    "evaluation": EvalArguments,
 }
 
 
@@ -134,18 +168,18 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-class _Parser(HfArgumentParser):
-    """HfArgumentParser that reports errors as one line instead of usage text."""
+def build_parser(sections: dict[str, type], prog: str | None = None, description: str | None = None):
+    """transformers' HfArgumentParser over the sections, reporting errors as one line instead of usage text."""
+    from transformers import HfArgumentParser  # here, so that importing the options stays light
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message} (see --help)")
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise ConfigError(f"{message} (see --help)")
 
-
-def build_parser(sections: dict[str, type], prog: str | None = None, description: str | None = None) -> _Parser:
     names = [f.name for cls in sections.values() for f in dataclasses.fields(cls)]
     dupes = {n for n in names if names.count(n) > 1}
     assert not dupes, f"option names defined twice: {dupes}"
-    parser = _Parser(list(sections.values()), prog=prog, description=description)
+    parser = Parser(list(sections.values()), prog=prog, description=description)
     parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {DEFAULT_CONFIG.name} beside the script).")
     if "use_peft" in names:
         parser.add_argument("--no_peft", dest="use_peft", action="store_false", help="Full fine-tuning, no LoRA.")
@@ -256,5 +290,14 @@ def options_markdown(sections: dict[str, type]) -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: Path = PROJECT_DIR / "README.md") -> None:
+    """Rewrite the README's generated options table in place."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- options:start.*?-->\n).*?(\n<!-- options:end -->)", re.S)
+    path.write_text(pattern.sub(lambda m: m.group(1) + options_markdown(RL_SECTIONS) + m.group(2), text), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(options_markdown(RL_SECTIONS))
+    update_readme()  # python run_config.py: regenerate the README's options table
