@@ -71,9 +71,13 @@ def model_init_kwargs(cfg: Config) -> dict[str, Any]:
 
 def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool) -> dict[str, Any]:
     """The specification's options as keyword arguments of TRL's configs (shared by every TRL path)."""
+    import torch
+
     m = cfg.model
     evaluate = has_eval and m.eval_steps > 0
     return dict(
+        # Without an accelerator, say so: several processes then form a gloo group instead of each training alone.
+        use_cpu=not torch.accelerator.is_available(),
         output_dir=str(folder.checkpoints),
         run_name=run_name,
         learning_rate=m.learning_rate,

@@ -49,10 +49,15 @@ def train(cfg: Config) -> RunFolder:
         flag = next((f"--{f}" for f, m in METHODS.items() if m == method), "the default path (no method flag)")
         raise UserError(f"{flag} is not available yet in this version; use --use_dpo")
     folder, resume, name = _prepare(cfg)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=_no_accelerator())
+    state.wait_for_everyone()  # every rank has checked before any rank writes
     try:
         TRAINERS[method](cfg, folder, resume, name)
     except BaseException:
-        folder.remove_if_unused()  # a run that failed before training leaves nothing behind
+        if state.is_main_process:
+            folder.remove_if_unused()  # a run that failed before training leaves nothing behind
         raise
     return folder
 
@@ -122,6 +127,12 @@ def _run(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None
         folder.log_line(f"final model saved to {final}")
         folder.plot()
     _end(trainer)
+
+
+def _no_accelerator() -> bool:
+    import torch
+
+    return not torch.accelerator.is_available()
 
 
 def _end(trainer) -> None:
