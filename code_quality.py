@@ -45,10 +45,10 @@ class QualityConfig:
     )
     docs_min_words: int = field(default=3, metadata={"help": "Shorter docstrings lose part of their credit."})
     docs_max_words: int = field(default=150, metadata={"help": "Longer docstrings lose part of their credit."})
-    cc_good: int = field(default=5, metadata={"help": "Cyclomatic complexity up to which complexity scores 1."})
-    cc_bad: int = field(default=25, metadata={"help": "Cyclomatic complexity from which it scores 0."})
-    mi_good: float = field(default=50.0, metadata={"help": "Maintainability index from which it scores 1."})
-    mi_bad: float = field(default=10.0, metadata={"help": "Maintainability index up to which it scores 0."})
+    cc_good: int = field(default=5, metadata={"help": "Worst cyclomatic complexity up to which the CC part scores 1."})
+    cc_bad: int = field(default=25, metadata={"help": "Worst cyclomatic complexity from which the CC part scores 0."})
+    mi_good: float = field(default=50.0, metadata={"help": "radon maintainability index from which the MI part scores 1."})
+    mi_bad: float = field(default=10.0, metadata={"help": "radon maintainability index up to which the MI part scores 0."})
     mi_share: float = field(
         default=0.3, metadata={"help": "Share of the maintainability index in the complexity score (rest: CC)."}
     )

@@ -249,9 +249,11 @@ def test_q_strings_and_comments_are_not_code():
         '/\nblock comment with an unbalanced [ and do[\n\\\nsolve:{x}',
         'solve:{x,"a\\"b("}',  # an escaped quote does not end the string
         "solve:{sum x}  / trailing ) comment",
+        "\\l lib/util.q\nsolve:{x}",  # a system command: the "/" in its path is no comment
     ]
     for score in q_quality(codes):
         assert score.style == 1.0 and score.details["max_nesting"] == 1, score
+    assert q_quality(["\\l lib/util.q\nsolve:{x}"])[0].details["documented"] == 0
     assert q_quality(["solve:{+/ x}"])[0].details["max_nesting"] == 1  # " /" after a space is a comment in q
     assert q_quality(["solve:{+/x}"])[0].details["max_nesting"] == 1
 
