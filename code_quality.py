@@ -41,7 +41,7 @@ class QualityConfig:
     ruff_ignore: list[str] = field(default_factory=list, metadata={"help": "ruff rules not counted."})
     max_line_length: int = field(default=100, metadata={"help": "Longest line before a violation (ruff E501; Q)."})
     style_half_rate: float = field(
-        default=0.1, metadata={"help": "Violations per non-blank line at which the style score is 0.5."}
+        default=0.1, metadata={"help": "Violations per code line (not blank, not comment) at which style is 0.5."}
     )
     docs_min_words: int = field(default=3, metadata={"help": "Shorter docstrings lose part of their credit."})
     docs_max_words: int = field(default=150, metadata={"help": "Longer docstrings lose part of their credit."})
@@ -125,7 +125,10 @@ def _unusable(reason: str) -> QualityScore:
 
 
 def _style_score(violations: int, lines: int, config: QualityConfig) -> float:
-    """1 with no violations, 0.5 at ``style_half_rate`` violations per line, towards 0 beyond; never flat."""
+    """1 with no violations, 0.5 at ``style_half_rate`` violations per line, towards 0 beyond; never flat.
+
+    ``lines`` leaves out blank and comment-only lines, so that padding with comments does not dilute.
+    """
     rate = violations / max(lines, 1)
     return 1.0 / (1.0 + rate / config.style_half_rate)
 
@@ -133,10 +136,6 @@ def _style_score(violations: int, lines: int, config: QualityConfig) -> float:
 def _ramp(value: float, zero_at: float, one_at: float) -> float:
     """0 at ``zero_at``, 1 at ``one_at``, linear between and flat beyond; either direction."""
     return min(1.0, max(0.0, (value - zero_at) / (one_at - zero_at)))
-
-
-def _nonblank_lines(code: str) -> int:
-    return sum(1 for line in code.splitlines() if line.strip())
 
 
 # ---------------------------------------------------------------- Python
@@ -164,7 +163,7 @@ def python_quality(codes: list[str], config: QualityConfig | None = None) -> lis
     violations = _ruff_violations({i: codes[i] for i in trees}, config)
     for i, tree in trees.items():
         code = codes[i]
-        lines = _nonblank_lines(code)
+        lines = sum(1 for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#"))
         found = violations.get(i, Counter())
         docs, documented, public = _docs_score(tree, config)
         complexity, max_cc, mi = _complexity_score(tree, code, config)
@@ -205,7 +204,7 @@ def _ruff_violations(codes: dict[int, str], config: QualityConfig) -> dict[int, 
     with tempfile.TemporaryDirectory(prefix="q-rl-quality-") as tmp:
         names = []
         for i, code in codes.items():
-            names.append(f"{i}.py")
+            names.append(f"sample_{i}.py")
             Path(tmp, names[-1]).write_text(code, encoding="utf-8")
         proc = subprocess.run([*ruff_command(config), *names], cwd=tmp, capture_output=True, text=True,
                               check=False)
@@ -217,7 +216,7 @@ def _ruff_violations(codes: dict[int, str], config: QualityConfig) -> dict[int, 
     for item in json.loads(proc.stdout or "[]"):
         # ast accepted the program, so a ruff syntax complaint is a disagreement between parsers, not style.
         if item["code"] and item["code"] != "invalid-syntax":
-            found[int(Path(item["filename"]).stem)][item["code"]] += 1
+            found[int(Path(item["filename"]).stem.removeprefix("sample_"))][item["code"]] += 1
     return found
 
 
@@ -393,7 +392,8 @@ def _q_one(code: str, config: QualityConfig) -> QualityScore:
     max_depth, long_functions, mismatch = _q_brackets(lines, config)
     if error or mismatch:
         return _unusable(f"syntax error: {error or mismatch}")
-    if not any(line.code.strip() for line in lines):
+    code_lines = sum(1 for line in lines if line.code.strip())
+    if not code_lines:
         return _unusable("no code (only comments)")
     raw_lines = code.splitlines()
     found: Counter = Counter()
@@ -404,23 +404,20 @@ def _q_one(code: str, config: QualityConfig) -> QualityScore:
         found["keyword-assignment"] += sum(1 for name in _Q_ASSIGN.findall(line.code) if name in Q_KEYWORDS)
     found["long-function"] = long_functions
     found = +found  # drop zero counts
-    nonblank = _nonblank_lines(code)
-    docs, commented, definitions = _q_comment_score(lines, config)
+    docs, commented, definitions = _q_comment_score(lines, code_lines, config)
     complexity = _ramp(max_depth, config.q_nesting_bad, config.q_nesting_good)
-    details = {"lines": nonblank, "violations": dict(sorted(found.items())), "public_definitions": definitions,
+    details = {"lines": code_lines, "violations": dict(sorted(found.items())), "public_definitions": definitions,
                "documented": commented, "max_nesting": max_depth}
-    return _score(_style_score(sum(found.values()), nonblank, config), docs, complexity, config, details)
+    return _score(_style_score(sum(found.values()), code_lines, config), docs, complexity, config, details)
 
 
-def _q_comment_score(lines: list[_QLine], config: QualityConfig) -> tuple[float, int, int]:
+def _q_comment_score(lines: list[_QLine], code_lines: int, config: QualityConfig) -> tuple[float, int, int]:
     """Comment density against ``q_comment_ratio``, averaged with the share of commented top-level definitions.
 
     A definition counts as commented with a comment on its first line or on the non-blank line above it.
     Density beyond ``q_comment_max_ratio`` loses credit, so that padding with comments does not pay.
     """
-    comment_lines = sum(1 for line in lines if line.comment)
-    code_lines = sum(1 for line in lines if line.code.strip())
-    ratio = comment_lines / max(code_lines, 1)
+    ratio = sum(1 for line in lines if line.comment) / code_lines
     if ratio > config.q_comment_max_ratio:
         density = config.q_comment_max_ratio / ratio
     else:

@@ -86,6 +86,8 @@ def test_style_formula_is_half_at_the_half_rate():
     [score] = python_quality([code])
     assert score.details["violations"] == {"F401": 1}
     assert score.style == pytest.approx(0.5)
+    padded = python_quality(["# padding\n" * 10 + code])[0]
+    assert padded.style == score.style  # comment lines do not dilute the violations
 
 
 def test_noqa_does_not_silence_ruff():
