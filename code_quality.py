@@ -133,6 +133,11 @@ def _style_score(violations: int, lines: int, config: QualityConfig) -> float:
     return 1.0 / (1.0 + rate / config.style_half_rate)
 
 
+def _source_lines(code: str) -> list[str]:
+    """Lines as Python and q count them: str.splitlines would also break at \f, \x1c-\x1e, \x85 and U+2028."""
+    return re.split(r"\r\n|\r|\n", code)
+
+
 def _ramp(value: float, zero_at: float, one_at: float) -> float:
     """0 at ``zero_at``, 1 at ``one_at``, linear between and flat beyond; either direction."""
     return min(1.0, max(0.0, (value - zero_at) / (one_at - zero_at)))
@@ -156,19 +161,20 @@ def python_quality(codes: list[str], config: QualityConfig | None = None) -> lis
         except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # ValueError: null bytes
             results[i] = _unusable(f"syntax error: {e}")
             continue
-        if ast.get_docstring(tree) is None and tree.body or len(tree.body) > 1:
+        statements = tree.body[1:] if ast.get_docstring(tree) is not None else tree.body
+        if statements:
             trees[i] = tree
         else:
             results[i] = _unusable("no code (only comments or a docstring)")
     violations = _ruff_violations({i: codes[i] for i in trees}, config)
     for i, tree in trees.items():
         code = codes[i]
-        lines = sum(1 for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+        lines = sum(1 for line in _source_lines(code) if line.strip() and not line.lstrip().startswith("#"))
         found = violations.get(i, Counter())
         docs, documented, public = _docs_score(tree, config)
         complexity, max_cc, mi = _complexity_score(tree, code, config)
         details = {"lines": lines, "violations": dict(sorted(found.items())), "public_definitions": public,
-                   "documented": documented, "max_cc": max_cc, "mi": round(mi, 2)}
+                   "documented": documented, "max_cc": max_cc, "mi": None if mi is None else round(mi, 2)}
         results[i] = _score(_style_score(sum(found.values()), lines, config), docs, complexity, config, details)
     return results  # type: ignore[return-value]
 
@@ -265,10 +271,13 @@ def _docs_score(tree: ast.Module, config: QualityConfig) -> tuple[float, int, in
     return sum(scores) / len(scores), sum(1 for s in scores if s > 0), len(scores)
 
 
-def _complexity_score(tree: ast.Module, code: str, config: QualityConfig) -> tuple[float, int, float]:
+def _complexity_score(tree: ast.Module, code: str, config: QualityConfig) -> tuple[float, int, float | None]:
     """Worst cyclomatic complexity (any function, method, closure or the module body) and radon's MI, blended."""
-    from radon.metrics import mi_visit
-    from radon.visitors import ComplexityVisitor, Function
+    try:
+        from radon.metrics import mi_visit
+        from radon.visitors import ComplexityVisitor, Function
+    except ImportError:
+        raise QualityError("radon is not installed; Python complexity scores need it (pip install radon)") from None
 
     visitor = ComplexityVisitor.from_ast(tree)
     units = [visitor.complexity]
@@ -278,9 +287,12 @@ def _complexity_score(tree: ast.Module, code: str, config: QualityConfig) -> tup
         units.append(block.complexity)
         pending.extend(block.closures)
     max_cc = max(units)
-    # multi=False: docstrings are judged by the docs score; counting them as comments here would pay twice.
-    mi = mi_visit(code, False)
     cc_score = _ramp(max_cc, config.cc_bad, config.cc_good)
+    try:
+        # multi=False: docstrings are judged by the docs score; counting them as comments here would pay twice.
+        mi = mi_visit(code, False)
+    except SyntaxError:  # radon splits lines at \f or \u2028 inside strings, which ast accepts: CC alone
+        return cc_score, max_cc, None
     mi_score = _ramp(mi, config.mi_bad, config.mi_good)
     return (1 - config.mi_share) * cc_score + config.mi_share * mi_score, max_cc, mi
 
@@ -329,7 +341,7 @@ def _q_lines(code: str) -> tuple[list[_QLine], str | None]:
     """Split a q script into lines with strings and comments told apart; the error, if a string never ends."""
     lines: list[_QLine] = []
     in_string = in_block = ended = False
-    for raw in code.splitlines():
+    for raw in _source_lines(code):
         stripped = raw.rstrip()
         if ended or (in_block and stripped != "\\"):
             lines.append(_QLine("", bool(stripped), bool(stripped), False))
@@ -395,7 +407,7 @@ def _q_one(code: str, config: QualityConfig) -> QualityScore:
     code_lines = sum(1 for line in lines if line.code.strip())
     if not code_lines:
         return _unusable("no code (only comments)")
-    raw_lines = code.splitlines()
+    raw_lines = _source_lines(code)
     found: Counter = Counter()
     for raw, line in zip(raw_lines, lines):
         found["long-line"] += len(raw) > config.max_line_length

@@ -161,6 +161,13 @@ def test_unparseable_empty_and_comment_only_code_score_zero():
     assert bad[1].details["error"] == "empty"
 
 
+def test_line_separators_inside_strings_are_scored_on_cc_alone():
+    # ast accepts U+2028 in a string; radon's MI splits lines there and fails, so MI is left out.
+    [score] = python_quality(['def f(s):\n    """Split s at line separators."""\n    return s.split("\u2028")\n'])
+    assert score.details["mi"] is None and score.complexity == 1.0 and score.total == 1.0
+    assert score.details["lines"] == 3
+
+
 def test_batch_gives_the_same_scores_as_one_at_a_time():
     codes = [CLEAN, SLOPPY, "def f(:\n", NESTED, "", UNDOCUMENTED, CLEAN]
     batched = python_quality(codes)
