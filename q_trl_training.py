@@ -173,7 +173,7 @@ INSTRUCTIONS = {
 def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     """The one prompt builder for training and evaluation: chat template where the model has one, raw text for
     completion-style problems (HumanEval prompts that the answer continues)."""
-    if getattr(problem, "completion_style", False) or not tokenizer.chat_template:
+    if problem.completion_joins_prompt or not tokenizer.chat_template:
         return problem.prompt
     instruction = INSTRUCTIONS.get(problem.language, "")
     return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]
