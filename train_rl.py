@@ -162,14 +162,12 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
     model_path = resolve_base_model(cfg.model.base_model)
     tokenizer = load_tokenizer(model_path)
     rows, truncated = _prompt_rows(cfg, train_problems, tokenizer)
-    reward = build_reward(cfg, train_problems + eval_problems, composite=composite)
-    evaluator = (
-        PassAtKEvaluator(cfg, eval_problems, tokenizer, reward.test_cases)
-        if eval_problems and cfg.model.eval_steps > 0 else None
-    )
+    tests = test_case_reward(cfg, train_problems + eval_problems)
+    reward = composite_reward(cfg, tests) if composite else tests
+    evaluator = PassAtKEvaluator(cfg, eval_problems, tokenizer, tests) if eval_problems and cfg.model.eval_steps > 0 else None
     eval_dataset = Dataset.from_list(_prompt_rows(cfg, eval_problems, tokenizer)[0]) if evaluator else None
     trainer = build_grpo_trainer(
-        cfg, model_path, tokenizer, Dataset.from_list(rows), eval_dataset, [reward], folder, name,
+        cfg, model_path, tokenizer, Dataset.from_list(rows), eval_dataset, [reward.async_reward], folder, name,
         callbacks=[RunFolderCallback(folder, method_of(cfg))], evaluator=evaluator,
     )
     if truncated and trainer.accelerator.is_main_process:
@@ -177,7 +175,26 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
     try:
         _run(trainer, tokenizer, folder, cfg, resume)
     finally:
-        reward.close()
+        tests.close()
+
+
+def test_case_reward(cfg: Config, problems: list):
+    """The sandbox scorer, with the config's weights; with several processes each rank gets its share of workers."""
+    import os
+
+    from reward_model import RewardWeights, TestCaseReward
+
+    r = cfg.rewards
+    weights = RewardWeights(r.reward_pass, r.reward_partial, r.reward_all_pass_bonus, r.reward_time)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = max(1, (r.workers or os.cpu_count() or 1) // local_ranks)
+    return TestCaseReward(problems, weights=weights, workers=workers, timeout=r.timeout)
+
+
+def composite_reward(cfg: Config, tests):
+    from reward_model import CompositeReward
+
+    return CompositeReward(tests, quality=cfg.quality, quality_weight=cfg.rewards.reward_quality)
 
 
 def evaluate_only(cfg: Config) -> RunFolder:
@@ -191,7 +208,7 @@ def evaluate_only(cfg: Config) -> RunFolder:
     problems = _eval_problems(cfg)
     model_path = resolve_base_model(cfg.model.base_model, allow_adapter=True)
     model, tokenizer = load_for_generation(model_path, cfg)
-    with build_reward(cfg, problems, composite=False) as scorer:
+    with test_case_reward(cfg, problems) as scorer:
         metrics, samples = PassAtKEvaluator(cfg, problems, tokenizer, scorer)(model)
     step = _checkpoint_step(Path(model_path))
     folder.append_entry(folder.eval_json, {"step": step, "model": model_path, **metrics}, method="eval_only")
