@@ -219,8 +219,12 @@ atexit.register(lambda: [s.close() for s in list(_open_sandboxes)])
 
 
 def _server_args(preload: list[str], namespaces: bool, tmp_size: int) -> list[str]:
+    """The server imports this file as the module ``sandbox`` (not as ``__main__``), with this folder, and not the
+    current one, first on its path: a program's files in its working folder can never shadow a module."""
     spec = {"preload": preload, "namespaces": namespaces, "tmp_size": tmp_size}
-    return [sys.executable, "-s", os.path.abspath(__file__), "--serve", json.dumps(spec)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    bootstrap = f"import sys; sys.path[0] = {here!r}; import sandbox; sandbox._serve(*sys.argv[1:])"
+    return [sys.executable, "-s", "-c", bootstrap, json.dumps(spec)]
 
 
 class _ServerDied(Exception):
@@ -409,8 +413,8 @@ class _Kernel:
 # Server side. Everything below runs in the server process (``python sandbox.py --serve``) and its children.
 
 
-def _serve(spec_json: str, slot: int, caller_pid: int) -> None:
-    spec = json.loads(spec_json)
+def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
+    spec, slot, caller_pid = json.loads(spec_json), int(slot), int(caller_pid)  # type: ignore[assignment]
     kernel = _Kernel()
     kernel.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != caller_pid:  # the caller died before the line above took effect
@@ -961,7 +965,3 @@ def _remove_sysv_ipc() -> None:
             continue
         for line in lines:
             remove(int(line.split()[1]), 0, 0)  # IPC_RMID
-
-
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--serve":
-    _serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
