@@ -673,7 +673,13 @@ def executor_for(problem: Problem) -> Executor:
 
 
 def prepare(problem: Problem, completion: str, reply_limit: int = 4 << 20) -> Submission:
-    return executor_for(problem).prepare(problem, program_code(problem, completion), reply_limit)
+    """Make a model's completion ready to run (``reply_limit``: the most bytes a result may take)."""
+    return prepare_program(problem, program_code(problem, completion), reply_limit)
+
+
+def prepare_program(problem: Problem, code: str, reply_limit: int = 4 << 20) -> Submission:
+    """Make a complete program (say, the reference solution) ready to run."""
+    return executor_for(problem).prepare(problem, code, reply_limit)
 
 
 def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:

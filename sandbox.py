@@ -638,7 +638,7 @@ class _Server:
         pidfd = os.pidfd_open(pid)
         deadline = start + limits.wall
         open_fds, total, status, detail = set(buffers), 0, None, ""
-        interval, next_check = 0.005, start + 0.005
+        interval, next_check, polled_cpu = 0.005, start + 0.005, 0.0
         try:
             while status is None:
                 now = time.monotonic()
@@ -663,6 +663,7 @@ class _Server:
                     os._exit(0)
                 elif time.monotonic() >= next_check:
                     rss, cpu = _tree_usage(os.getpid())
+                    polled_cpu = max(polled_cpu, cpu)
                     if rss > limits.memory:
                         status, detail = "memory_limit", f"more than {limits.memory >> 20} MiB resident"
                     elif cpu > limits.cpu_time:
@@ -676,7 +677,7 @@ class _Server:
             os.close(pidfd)
         self._kill_leftovers()
         total += _drain(open_fds, buffers, limits.output - total)
-        cpu = usage.ru_utime + usage.ru_stime
+        cpu = max(usage.ru_utime + usage.ru_stime, polled_cpu)  # killed processes were never waited for
         code = os.waitstatus_to_exitcode(wait_status)
         if status is None and total > limits.output:
             status, detail = "output_limit", f"more than {limits.output} bytes of output"
