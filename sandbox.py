@@ -419,6 +419,7 @@ def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
     kernel.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != caller_pid:  # the caller died before the line above took effect
         os._exit(1)
+    os.setsid()  # no controlling terminal: no program can open the caller's /dev/tty
     requests, replies = (
         os.dup(0),
         os.dup(1),
@@ -723,7 +724,7 @@ class _Server:
                 for entry in os.scandir(folder):
                     _remove(entry.path)
             if self.isolation.ipc_namespace:
-                _remove_sysv_ipc()
+                _remove_sysv_ipc(self.kernel.libc)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
             if self.uid is not None:
@@ -734,7 +735,9 @@ def _program_child(server: _Server, source: str, limits: Limits, workdir: str, s
                    rep_w: int, ctl_w: int) -> None:  # fmt: skip
     """Runs in the forked child: finish isolating it, then run the program. Never returns."""
     try:
-        os.setsid()
+        os.setpgid(
+            0, 0
+        )  # its own process group (a new session would cost a scheduler autogroup: milliseconds)
         os.chdir(workdir)
         _set_limits(limits, server.uid is not None)
         os.dup2(stdin_fd, 0)
@@ -955,9 +958,8 @@ def _remove_owned_by(uid: int, folders: Sequence[str]) -> None:
                 pass
 
 
-def _remove_sysv_ipc() -> None:
+def _remove_sysv_ipc(libc: ctypes.CDLL) -> None:
     """Remove SysV shared memory, semaphores and queues: in the server's own IPC namespace, all are the programs'."""
-    libc = ctypes.CDLL(None, use_errno=True)
     for kind, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
         try:
             with open(f"/proc/sysvipc/{kind}") as f:
