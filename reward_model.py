@@ -230,7 +230,7 @@ class TestCaseReward(Scorer):
         self._namespaces = namespaces
         self._sandbox: Sandbox | None = None
         self._lock = threading.Lock()
-        self._cache: dict[str, Future] = {}  # key -> Future[Verdict], done or in flight
+        self._cache: dict[str, tuple[float, Future]] = {}  # program key -> (CPU limit, Future[Verdict])
         self._reference_cpu: dict[str, float | None] = {}
         self.reference_failures: dict[str, Verdict] = {}
         self.programs_run = 0
@@ -346,15 +346,15 @@ class TestCaseReward(Scorer):
                 limits = (
                     replace(self.limits, cpu_time=cpu_limit) if cpu_limit else self.limits_for(sub.problem)
                 )
-                key = f"{sub.key}\0{limits.cpu_time}"
-                future = self._cache.get(key)
-                if future is None:
-                    future = self._cache[key] = Future()
-                    launch.append((sub, limits, future))
-                    out.append((future, False))
-                else:
+                entry = self._cache.get(sub.key)
+                if entry is not None and _reusable(*entry, limits.cpu_time):
                     self.cache_hits += 1
-                    out.append((future, True))
+                    out.append((entry[1], True))
+                    continue
+                future: Future = Future()
+                self._cache[sub.key] = (limits.cpu_time, future)
+                launch.append((sub, limits, future))
+                out.append((future, False))
         for sub, limits, future in launch:
             self._launch(sub, limits, future)
         return out
@@ -377,7 +377,12 @@ class TestCaseReward(Scorer):
                 results = [r.result() for r in runs]
             except Exception as e:  # noqa: BLE001 -- a sandbox bug: the sample is not judged, never zero
                 results = [RunResult("infra_error", detail=f"{type(e).__name__}: {e}")]
-            verdict.set_result(problems_module.judge(sub, results))
+            judged = problems_module.judge(sub, results)
+            if judged.status == "infra_error":  # says nothing about the program: the next call tries again
+                with self._lock:
+                    if self._cache.get(sub.key, (0, None))[1] is verdict:
+                        del self._cache[sub.key]
+            verdict.set_result(judged)
 
         for run in runs:
             run.add_done_callback(finished)
@@ -405,6 +410,19 @@ class TestCaseReward(Scorer):
             cached=cached,
             detail=verdict.detail,
         )
+
+
+def _reusable(cpu_limit: float, verdict: Future, wanted: float) -> bool:
+    """Whether a verdict reached under ``cpu_limit`` holds under ``wanted`` too: a run that finished within the new
+    limit would end the same; a timeout holds under any tighter limit."""
+    if cpu_limit == wanted:
+        return True
+    if not verdict.done():
+        return False
+    result: Verdict = verdict.result()
+    if result.status == "timeout":
+        return cpu_limit >= wanted
+    return result.cpu_time <= wanted
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
