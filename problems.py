@@ -583,13 +583,14 @@ def program_code(problem: Problem, completion: str) -> str:
     has_fence = bool(_fenced_blocks(completion))
     if not problem.completion_joins_prompt:
         return extract_code(completion, problem.language, problem.entry_point)
-    code = extract_code(completion, problem.language, problem.entry_point) if has_fence else completion
+    if has_fence:
+        code = extract_code(completion, problem.language, problem.entry_point)
+    elif problem.language != "python" or _parses(problem.prompt + completion):
+        return problem.prompt + completion  # a continuation of the prompt, as HumanEval intends
+    else:
+        code = _strip_prose(completion)  # a chat answer without fences
     if problem.entry_point and _defines(code, problem.entry_point, problem.language):
         return problem.prompt.rstrip() + "\n\n" + code
-    if not has_fence and problem.language == "python" and not _parses(problem.prompt + code):
-        stripped = _strip_prose(code)  # a chat answer without fences
-        if problem.entry_point and _defines(stripped, problem.entry_point, problem.language):
-            return problem.prompt.rstrip() + "\n\n" + stripped
     return problem.prompt + code
 
 

@@ -904,17 +904,29 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _tree_usage(pid: int) -> tuple[int, float]:
-    """Resident bytes and CPU seconds of every live process below ``pid``, from /proc (10 ms CPU resolution)."""
-    rss, ticks = 0, 0
+    """Memory and CPU seconds of every live process below ``pid``, from /proc. Memory is the proportional set size:
+    pages a fork shares with its parent count once, not once per process (10 ms CPU resolution)."""
+    memory, ticks = 0, 0
     for p in _descendants(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        rss += int(fields[21])
-    return rss * resource.getpagesize(), ticks / os.sysconf("SC_CLK_TCK")
+            ticks += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            memory += _proportional_memory(p, int(fields[21]))
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+    return memory, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _proportional_memory(pid: int, rss_pages: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_pages * resource.getpagesize()  # an old kernel: resident pages, shared ones counted each time
 
 
 def _kill_if_child_of(pid: int, parents: set[int]) -> None:
