@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args
 
+import code_quality
 import problems as problems_module
+from code_quality import QualityConfig, QualityScore
 from data_loading import DataError, UserError
 from problems import Problem, Submission, Verdict
 from sandbox import Limits, Program, RunResult, Sandbox, default_workers
@@ -423,6 +425,54 @@ def _reusable(cpu_limit: float, verdict: Future, wanted: float) -> bool:
     if result.status == "timeout":
         return cpu_limit >= wanted
     return result.cpu_time <= wanted
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test cases plus code quality: the default training path's reward.
+
+
+class CompositeReward(Scorer):
+    """Test-case success plus code quality, each component logged by name.
+
+    reward = test-case reward (its own weighted components) + quality_weight * quality total, then times ``scale``.
+    Quality counts for every judged program, not only passing ones: it is the auxiliary signal that keeps a group
+    of all-failing answers from being flat. It cannot outweigh correctness at the default weights (a pass is worth
+    1.7 with its bonus, perfect quality 0.2). Infra errors stay None.
+    """
+
+    name = "composite"
+    components = TestCaseReward.components + ("quality", "quality_style", "quality_docs", "quality_complexity")
+
+    def __init__(self, test_cases: TestCaseReward, quality: QualityConfig | None = None,
+                 quality_weight: float = 0.2, scale: float = 1.0):
+        super().__init__()
+        self.test_cases = test_cases
+        self.quality = quality or QualityConfig()
+        self.quality_weight = quality_weight
+        self.scale = scale
+
+    def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
+        results = self.test_cases.score_samples(samples)
+        problems = [self.test_cases._problem(s.task_id) for s in samples]
+        scores: list[QualityScore | None] = [None] * len(samples)
+        for language in {p.language for p in problems}:
+            idx = [i for i, p in enumerate(problems) if p.language == language]
+            codes = [problems_module.program_code(problems[i], samples[i].completion) for i in idx]
+            for i, q in zip(idx, code_quality.quality(codes, language, self.quality), strict=True):
+                scores[i] = q
+        return [self._combine(r, q) for r, q in zip(results, scores, strict=True)]
+
+    def _combine(self, result: ScoreResult, q: QualityScore) -> ScoreResult:
+        if result.reward is None:
+            return result
+        components = {**result.components, "quality": q.total, "quality_style": q.style, "quality_docs": q.docs,
+                      "quality_complexity": q.complexity}
+        reward = self.scale * (result.reward + self.quality_weight * q.total)
+        return replace(result, reward=reward, components=components)
+
+    def close(self) -> None:
+        self.test_cases.close()
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -185,7 +185,8 @@ def test_case_reward(cfg: Config, problems: list):
     from reward_model import RewardWeights, TestCaseReward
 
     r = cfg.rewards
-    weights = RewardWeights(r.reward_pass, r.reward_partial, r.reward_all_pass_bonus, r.reward_time)
+    weights = RewardWeights(passed=r.reward_pass, partial=r.reward_partial, all_pass_bonus=r.reward_all_pass_bonus,
+                            time=r.reward_time)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = max(1, (r.workers or os.cpu_count() or 1) // local_ranks)
     return TestCaseReward(problems, weights=weights, workers=workers, timeout=r.timeout)
