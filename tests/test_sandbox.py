@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sandbox_helpers import wait_until_idle
 
 import sandbox
 from sandbox import Limits, Program, RunResult, Sandbox, SandboxError
@@ -40,24 +41,6 @@ def plain() -> Sandbox:
 
 def run(box: Sandbox, source: str, limits: Limits = FAST, stdin: bytes = b"") -> RunResult:
     return box.run(Program(textwrap.dedent(source), stdin, limits))
-
-
-def program_processes(box: Sandbox) -> set[int]:
-    """Processes below the sandbox servers: only programs' can be there, and none once the sandbox is idle."""
-    found: set[int] = set()
-    for worker in box._workers:
-        below = sandbox._descendants(worker.proc.pid)
-        if box.isolation.pid_namespace:
-            below -= set(sandbox._children(worker.proc.pid))  # the server itself, under its launcher
-        found |= below
-    return found
-
-
-def wait_until_idle(box: Sandbox, seconds: float = 2.0) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while (left := program_processes(box)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return left
 
 
 def processes_of_sandbox_uids() -> list[int]:
