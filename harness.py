@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -441,9 +442,14 @@ def _run_script(program: _Remote | _InProcess, public: dict, script: str, report
 
 def _set_dumpable(on: bool) -> None:
     try:
-        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, int(on), 0, 0, 0)
+        _libc().prctl(_PR_SET_DUMPABLE, int(on), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux
         pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
 
 
 def main() -> None:

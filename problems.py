@@ -89,10 +89,6 @@ class Problem:
     test_names: tuple[str, ...] = ()  # names of the program's the test script uses
     tests_in_process: bool = False  # the tests build the program's own objects, so they share its process
 
-    @property
-    def kind(self) -> str:
-        return type(self.tests[0]).__name__
-
 
 @dataclass(frozen=True)
 class Completion:

@@ -676,7 +676,8 @@ class _Server:
             _, wait_status, usage = os.wait4(pid, 0)
         finally:
             os.close(pidfd)
-        self._kill_leftovers()
+        if not self.pid_ns:  # in a pid namespace the kernel has already killed the rest with the first process
+            self._kill_leftovers()
         total += _drain(open_fds, buffers, limits.output - total)
         cpu = max(usage.ru_utime + usage.ru_stime, polled_cpu)  # killed processes were never waited for
         code = os.waitstatus_to_exitcode(wait_status)
