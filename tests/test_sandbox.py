@@ -61,7 +61,7 @@ def processes_of_sandbox_uids() -> list[int]:
 
 def test_isolation_is_reported(sb: Sandbox) -> None:
     lines = sb.isolation.describe()
-    assert lines[0].startswith("held:") and lines[1].startswith("not held:")
+    assert lines[0].startswith("programs run as") and len(lines) >= 5
     if os.geteuid() == 0 and sys.platform == "linux":  # what a root Linux box with namespaces gives
         iso = sb.isolation
         assert iso.pid_namespace and iso.network_namespace and iso.mount_namespace and iso.separate_uid
@@ -366,4 +366,4 @@ def test_as_an_unprivileged_user() -> None:
     assert report["runs"][0] == ["exited", "42\n"] and statuses[1] == "timeout"
     assert report["runs"][2] == ["exited", "parent done\n"]
     if report["uid"]:  # a user namespace held: the same isolation as root, without a uid of its own
-        assert statuses[3] == "exited" and "pid_namespace" in report["isolation"][0]
+        assert statuses[3] == "exited" and "user namespace" in report["isolation"][0]
