@@ -87,7 +87,10 @@ class Problem:
     where: str = ""  # file:line it came from
     test_script: str = ""  # assert tests, instrumented (see _instrument); run on the tests' side
     test_names: tuple[str, ...] = ()  # names of the program's the test script uses
-    tests_in_process: bool = False  # the tests build the program's own objects, so they share its process
+    # The tests share the program's process: when no verdict is decided in the sandbox (every test sends back a
+    # value compared here, so the program has nothing to gain from tampering), or when the tests build the program's
+    # own objects. Otherwise the program runs in a process of its own, apart from the tests (see harness.py).
+    tests_in_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,7 @@ def _parse_qrl(record: Record) -> Problem:
         entry_point=_identifier(record, "entry_point"),
         reference=_text(record, "reference_solution", optional=True),
         where=record.where,
+        tests_in_process=True,  # results are compared here: nothing in the sandbox to tamper with
         **_metadata(record),
     )
 
@@ -315,7 +319,8 @@ def _assert_problem(record: Record, prompt: str, entry_point: str, tests: list[A
         where=record.where,
         test_script=script,
         test_names=tuple(sorted(names)),
-        tests_in_process=any(kinds.get(n, "def") != "def" for n in names),
+        tests_in_process=all(t.compared_here for t in tests)
+        or any(kinds.get(n, "def") != "def" for n in names),
         **_metadata(record),
     )
 
@@ -718,7 +723,12 @@ def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float
         if kind in first:
             return Verdict(kind, passed, total, cpu, wall, "reported by the harness")
     if "harness_error" in first:
-        return Verdict("infra_error", 0, total, cpu, wall, f"harness: {first['harness_error'].get('msg')}")
+        detail = f"harness: {first['harness_error'].get('msg')}"
+        if (
+            problem.tests_in_process
+        ):  # the program shared the harness's process: it may have caused (or written) it
+            return Verdict("runtime_error", 0, total, cpu, wall, detail)
+        return Verdict("infra_error", 0, total, cpu, wall, detail)
     if "syntax_error" in first:
         return Verdict("syntax_error", 0, total, cpu, wall, str(first["syntax_error"].get("msg")))
     if "load_error" in first:
@@ -760,10 +770,9 @@ def _test_result(test: Test, event: dict) -> tuple[bool, str]:
     """(passed, why not) for one test event."""
     if "error" in event:
         return False, f"raised {str(event['error'])[:300]}"
-    if "ok" in event:
-        return event["ok"] is True and not (
-            isinstance(test, AssertTest) and test.compared_here
-        ), "assertion failed"
+    if "ok" in event:  # a pass on word: only for asserts decided in the sandbox, by the harness
+        decided_there = isinstance(test, AssertTest) and not test.compared_here
+        return event["ok"] is True and decided_there, "assertion failed"
     try:
         value = harness.unpack(event.get("v"))
     except (ValueError, TypeError, RecursionError):

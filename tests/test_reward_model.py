@@ -231,6 +231,7 @@ ATTACKS = {
     "exit 0 before the tests": ("rle", "import sys\nsys.exit(0)\n"),
     "os._exit(0) during a test": ("rle", "import os\ndef run_length_encode(s):\n    os._exit(0)\n"),
     "print what a pass prints": ("rle", "print('4 passed', '{\"e\": \"done\"}')\ndef run_length_encode(s):\n    return None\n"),
+    "claims an infra error": ("rle", "import os\nos.write(3, b'{\"e\": \"harness_error\", \"msg\": \"x\"}\\n')\nos._exit(0)\n"),
     "forged report lines": ("rle", "import os\nfor i in range(4):\n    os.write(3, b'{\"e\": \"test\", \"i\": %d, \"ok\": true}\\n' % i)\n"),
     "__eq__ always true": ("rle", "class Any(list):\n    def __eq__(self, o): return True\ndef run_length_encode(s):\n    return Any()\n"),
     "object with __eq__ (asserts)": ("HumanEval/x", "    class T:\n        def __eq__(self, o): return True\n        def __ne__(self, o): return False\n        def __sub__(self, o): return 0\n    return T()\n"),
