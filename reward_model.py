@@ -240,9 +240,8 @@ class TestCaseReward(Scorer):
     def sandbox(self) -> Sandbox:
         with self._lock:
             if self._sandbox is None:
-                preload = sorted(
-                    {m for p in self.problems.values() for m in problems_module.executor_for(p).preload}
-                )
+                executors = {problems_module.EXECUTORS.get(p.language) for p in self.problems.values()}
+                preload = sorted({m for e in executors if e is not None for m in e.preload})
                 self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces)
             return self._sandbox
 
@@ -364,7 +363,8 @@ class TestCaseReward(Scorer):
             verdict.set_result(problems_module.judge(sub, []))
             return
         runs: list[Future] = [self.sandbox.submit(Program(job.source, job.stdin, limits)) for job in sub.jobs]
-        self.programs_run += len(runs)
+        with self._lock:
+            self.programs_run += len(runs)
         remaining = [len(runs)]
         lock = threading.Lock()
 
