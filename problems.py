@@ -275,7 +275,7 @@ def _parse_humaneval(record: Record) -> Problem:
     if check is None:
         raise DataError(f"{record.where}: 'test' defines no check(candidate) function")
     tests: list[AssertTest] = []
-    check.body = _instrument(check.body, tests) or [ast.Pass()]
+    check.body = _instrument(check.body, tests, record.data["test"]) or [ast.Pass()]
     script = ast.unparse(ast.fix_missing_locations(tree)) + "\ncheck(__candidate__)\n"
     solution = record.data.get("canonical_solution")
     reference = prompt + solution if isinstance(solution, str) else None
@@ -294,7 +294,7 @@ def _parse_mbpp(record: Record) -> Problem:
     if not entry_point:
         raise DataError(f"{record.where}: cannot tell the function under test from 'test_list'")
     tests: list[AssertTest] = []
-    tree.body = _instrument(tree.body, tests)
+    tree.body = _instrument(tree.body, tests, "\n".join(asserts))
     script = (setup + "\n" if setup else "") + ast.unparse(ast.fix_missing_locations(tree)) + "\n"
     prompt = f"{text}\nYour code should pass tests like this one:\n{asserts[0]}"
     code = record.data.get("code")
@@ -417,7 +417,7 @@ def _parse(record: Record, code: str, name: str) -> ast.Module:
 # Assert tests: each assert statement becomes one test, and the verdict on it is taken out of the program's reach.
 
 
-def _instrument(body: list[ast.stmt], tests: list[AssertTest]) -> list[ast.stmt]:
+def _instrument(body: list[ast.stmt], tests: list[AssertTest], source: str) -> list[ast.stmt]:
     """Wrap each statement holding an assert in ``with __test__(i):``, so that each counts on its own and a failure
     does not stop the rest; ``assert <expr> == <literal>`` becomes ``__probe__(i, <expr>)``, so that the literal
     (the expected value) never enters the sandbox. Other statements (imports, set-up, helpers) stay as they are."""
@@ -432,12 +432,12 @@ def _instrument(body: list[ast.stmt], tests: list[AssertTest]) -> list[ast.stmt]
         index, split = len(tests), _split_equality(stmt)
         if split:
             expr, expected = split
-            tests.append(AssertTest(ast.unparse(stmt), expected))
+            tests.append(AssertTest(ast.get_source_segment(source, stmt) or "", expected))
             inner: ast.stmt = ast.Expr(
                 ast.Call(ast.Name("__probe__", ast.Load()), [ast.Constant(index), expr], [])
             )
         else:
-            tests.append(AssertTest(ast.unparse(stmt)))
+            tests.append(AssertTest(ast.get_source_segment(source, stmt) or ""))
             inner = stmt
         guard = ast.Call(ast.Name("__test__", ast.Load()), [ast.Constant(index)], [])
         out.append(ast.With([ast.withitem(guard)], [inner]))
