@@ -1,15 +1,16 @@
 """The trusted half of a test run. It runs inside the sandbox; the program under test runs in a child of its own.
 
-Why two processes: a program sharing a process with its tests can patch the tests' builtins, write the harness's
-report itself, or read the expected values out of memory. Here the program only ever answers calls, and its answers
-cross a pipe as plain data (exact builtin types, rebuilt on this side), so no object with a forged ``__eq__`` and no
-subclass of ``int`` reaches a comparison. The harness is pid 1 of the program's pid namespace (signals from the program
-are ignored by the kernel) and not dumpable (the program cannot trace it or read its memory). The tests themselves
-arrive on stdin only after the program's process has been forked, so they are not in its memory either.
-
 Expected values never enter the sandbox where that is possible: call tests send back the result, and ``assert x ==
-<literal>`` tests the left-hand value; the caller compares them (see problems.py). Only asserts of other shapes are
-decided here, as pass/fail.
+<literal>`` tests the left-hand value, as plain data; the caller compares them (see problems.py). Such tests run in the
+program's own process (one fork cheaper): whatever it tampers with, the values to forge are not there.
+
+Asserts of other shapes are decided here, as pass/fail, so for them the program runs in a child of its own. A program
+sharing a process with its tests could patch the tests' builtins, write the harness's report itself, or read the
+expected values out of memory. Here the program only ever answers calls, and its answers cross a pipe as plain data
+(exact builtin types, rebuilt on this side), so no object with a forged ``__eq__`` and no subclass of ``int`` reaches a
+comparison. The harness is pid 1 of the program's pid namespace (signals from the program are ignored by the kernel)
+and not dumpable (the program cannot trace it or read its memory). The tests arrive on stdin only after the program's
+process has been forked, so they are not in its memory either.
 
 Standard library only: it is preloaded into the sandbox servers, and problems.py uses its plain-data encoding.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -313,11 +315,15 @@ class _Remote:
             os.waitpid(self.pid, 0)
 
 
+def _close_stdin() -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
 def _host(code: types.CodeType, entry_point: str, requests: int, replies: int) -> NoReturn:
     """In the program's process: run the module, then answer calls until the harness hangs up."""
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)  # stdin still holds the unread tests: gone before any program code runs
-    os.close(devnull)
+    _close_stdin()  # stdin still holds the unread tests: gone before any program code runs
     os.close(REPORT_FD)
     _set_dumpable(True)  # its own /proc/self stays readable to it; the harness stays closed
     namespace, error = _load(code)
@@ -346,8 +352,9 @@ def _host(code: types.CodeType, entry_point: str, requests: int, replies: int) -
 
 
 class _InProcess:
-    """The program in this very process: for tests that build the program's own objects (say ``Pair(1, 2)``), which
-    cannot cross a pipe. Results still become plain data, but such a program could tamper with the harness."""
+    """The program in this very process, one fork cheaper. Used when every test sends back a value that the caller
+    compares (the program could tamper with the harness, but the expected values are not here to forge), and for
+    tests that build the program's own objects (say ``Pair(1, 2)``), which cannot cross a pipe."""
 
     def __init__(self, code: types.CodeType, entry_point: str, reply_limit: int):
         self.code, self.entry_point, self.death = code, entry_point, None
@@ -387,11 +394,13 @@ class _InProcess:
 def _run_calls(program: _Remote | _InProcess, entry_point: str, tests: list[dict], report: _Report) -> None:
     for i, test in enumerate(tests):
         try:
-            report.send(e="test", i=i, v=program.call(entry_point, test["args"], test["kwargs"]))
-        except ProgramError as e:
-            report.send(e="test", i=i, error=str(e))
+            value = json.dumps(program.call(entry_point, test["args"], test["kwargs"]))
+        except (ProgramError, ValueError, TypeError, RecursionError) as e:
+            report.send(e="test", i=i, error=str(e) if isinstance(e, ProgramError) else describe(e))
         except ProgramDied:
             return
+        else:
+            report.send(e="test", i=i, v=json.loads(value))
 
 
 class _Blocks:
@@ -441,9 +450,14 @@ def _run_script(program: _Remote | _InProcess, public: dict, script: str, report
 
 def _set_dumpable(on: bool) -> None:
     try:
-        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, int(on), 0, 0, 0)
+        _libc().prctl(_PR_SET_DUMPABLE, int(on), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux
         pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
 
 
 def main() -> None:
@@ -463,6 +477,7 @@ def main() -> None:
         host = _InProcess if public["in_process"] else _Remote
         program = host(code, public["entry_point"], public["reply_limit"])  # forked before the tests are read
         private = _read_part(0)
+        _close_stdin()
         error = program.load()
         if error:
             report.send(e="load_error", msg=error)

@@ -87,11 +87,10 @@ class Problem:
     where: str = ""  # file:line it came from
     test_script: str = ""  # assert tests, instrumented (see _instrument); run on the tests' side
     test_names: tuple[str, ...] = ()  # names of the program's the test script uses
-    tests_in_process: bool = False  # the tests build the program's own objects, so they share its process
-
-    @property
-    def kind(self) -> str:
-        return type(self.tests[0]).__name__
+    # The tests share the program's process: when no verdict is decided in the sandbox (every test sends back a
+    # value compared here, so the program has nothing to gain from tampering), or when the tests build the program's
+    # own objects. Otherwise the program runs in a process of its own, apart from the tests (see harness.py).
+    tests_in_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -263,6 +262,7 @@ def _parse_qrl(record: Record) -> Problem:
         entry_point=_identifier(record, "entry_point"),
         reference=_text(record, "reference_solution", optional=True),
         where=record.where,
+        tests_in_process=True,  # results are compared here: nothing in the sandbox to tamper with
         **_metadata(record),
     )
 
@@ -275,7 +275,7 @@ def _parse_humaneval(record: Record) -> Problem:
     if check is None:
         raise DataError(f"{record.where}: 'test' defines no check(candidate) function")
     tests: list[AssertTest] = []
-    check.body = _instrument(check.body, tests) or [ast.Pass()]
+    check.body = _instrument(check.body, tests, record.data["test"]) or [ast.Pass()]
     script = ast.unparse(ast.fix_missing_locations(tree)) + "\ncheck(__candidate__)\n"
     solution = record.data.get("canonical_solution")
     reference = prompt + solution if isinstance(solution, str) else None
@@ -294,7 +294,7 @@ def _parse_mbpp(record: Record) -> Problem:
     if not entry_point:
         raise DataError(f"{record.where}: cannot tell the function under test from 'test_list'")
     tests: list[AssertTest] = []
-    tree.body = _instrument(tree.body, tests)
+    tree.body = _instrument(tree.body, tests, "\n".join(asserts))
     script = (setup + "\n" if setup else "") + ast.unparse(ast.fix_missing_locations(tree)) + "\n"
     prompt = f"{text}\nYour code should pass tests like this one:\n{asserts[0]}"
     code = record.data.get("code")
@@ -319,7 +319,8 @@ def _assert_problem(record: Record, prompt: str, entry_point: str, tests: list[A
         where=record.where,
         test_script=script,
         test_names=tuple(sorted(names)),
-        tests_in_process=any(kinds.get(n, "def") != "def" for n in names),
+        tests_in_process=all(t.compared_here for t in tests)
+        or any(kinds.get(n, "def") != "def" for n in names),
         **_metadata(record),
     )
 
@@ -416,7 +417,7 @@ def _parse(record: Record, code: str, name: str) -> ast.Module:
 # Assert tests: each assert statement becomes one test, and the verdict on it is taken out of the program's reach.
 
 
-def _instrument(body: list[ast.stmt], tests: list[AssertTest]) -> list[ast.stmt]:
+def _instrument(body: list[ast.stmt], tests: list[AssertTest], source: str) -> list[ast.stmt]:
     """Wrap each statement holding an assert in ``with __test__(i):``, so that each counts on its own and a failure
     does not stop the rest; ``assert <expr> == <literal>`` becomes ``__probe__(i, <expr>)``, so that the literal
     (the expected value) never enters the sandbox. Other statements (imports, set-up, helpers) stay as they are."""
@@ -431,12 +432,12 @@ def _instrument(body: list[ast.stmt], tests: list[AssertTest]) -> list[ast.stmt]
         index, split = len(tests), _split_equality(stmt)
         if split:
             expr, expected = split
-            tests.append(AssertTest(ast.unparse(stmt), expected))
+            tests.append(AssertTest(ast.get_source_segment(source, stmt) or "", expected))
             inner: ast.stmt = ast.Expr(
                 ast.Call(ast.Name("__probe__", ast.Load()), [ast.Constant(index), expr], [])
             )
         else:
-            tests.append(AssertTest(ast.unparse(stmt)))
+            tests.append(AssertTest(ast.get_source_segment(source, stmt) or ""))
             inner = stmt
         guard = ast.Call(ast.Name("__test__", ast.Load()), [ast.Constant(index)], [])
         out.append(ast.With([ast.withitem(guard)], [inner]))
@@ -722,7 +723,12 @@ def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float
         if kind in first:
             return Verdict(kind, passed, total, cpu, wall, "reported by the harness")
     if "harness_error" in first:
-        return Verdict("infra_error", 0, total, cpu, wall, f"harness: {first['harness_error'].get('msg')}")
+        detail = f"harness: {first['harness_error'].get('msg')}"
+        if (
+            problem.tests_in_process
+        ):  # the program shared the harness's process: it may have caused (or written) it
+            return Verdict("runtime_error", 0, total, cpu, wall, detail)
+        return Verdict("infra_error", 0, total, cpu, wall, detail)
     if "syntax_error" in first:
         return Verdict("syntax_error", 0, total, cpu, wall, str(first["syntax_error"].get("msg")))
     if "load_error" in first:
@@ -764,10 +770,9 @@ def _test_result(test: Test, event: dict) -> tuple[bool, str]:
     """(passed, why not) for one test event."""
     if "error" in event:
         return False, f"raised {str(event['error'])[:300]}"
-    if "ok" in event:
-        return event["ok"] is True and not (
-            isinstance(test, AssertTest) and test.compared_here
-        ), "assertion failed"
+    if "ok" in event:  # a pass on word: only for asserts decided in the sandbox, by the harness
+        decided_there = isinstance(test, AssertTest) and not test.compared_here
+        return event["ok"] is True and decided_there, "assertion failed"
     try:
         value = harness.unpack(event.get("v"))
     except (ValueError, TypeError, RecursionError):

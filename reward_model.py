@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_args
@@ -29,7 +29,7 @@ import problems as problems_module
 from code_quality import QualityConfig, QualityScore
 from data_loading import DataError, UserError
 from problems import Problem, Submission, Verdict
-from sandbox import Limits, Program, RunResult, Sandbox, default_workers
+from sandbox import Limits, Program, RunResult, Sandbox, SandboxError, default_workers
 
 STATUSES: tuple[str, ...] = get_args(problems_module.Status)
 
@@ -220,7 +220,10 @@ class TestCaseReward(Scorer):
         timing: Timing | None = None,
         limits: Limits | None = None,
         namespaces: bool = True,
+        sandbox: Sandbox | None = None,
     ):
+        """``sandbox``: one already started (it then belongs to this scorer, which closes it); by default one is
+        started on first use, with ``workers`` servers."""
         super().__init__()
         self.problems = {p.task_id: p for p in problems}
         self.weights = weights or RewardWeights()
@@ -230,7 +233,7 @@ class TestCaseReward(Scorer):
         self.limits = limits or Limits()
         self.workers = workers or default_workers()
         self._namespaces = namespaces
-        self._sandbox: Sandbox | None = None
+        self._sandbox: Sandbox | None = sandbox
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Future]] = {}  # program key -> (CPU limit, Future[Verdict])
         self._reference_cpu: dict[str, float | None] = {}
@@ -242,9 +245,8 @@ class TestCaseReward(Scorer):
     def sandbox(self) -> Sandbox:
         with self._lock:
             if self._sandbox is None:
-                preload = sorted(
-                    {m for p in self.problems.values() for m in problems_module.executor_for(p).preload}
-                )
+                executors = {problems_module.EXECUTORS.get(p.language) for p in self.problems.values()}
+                preload = sorted({m for e in executors if e is not None for m in e.preload})
                 self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces)
             return self._sandbox
 
@@ -366,7 +368,8 @@ class TestCaseReward(Scorer):
             verdict.set_result(problems_module.judge(sub, []))
             return
         runs: list[Future] = [self.sandbox.submit(Program(job.source, job.stdin, limits)) for job in sub.jobs]
-        self.programs_run += len(runs)
+        with self._lock:
+            self.programs_run += len(runs)
         remaining = [len(runs)]
         lock = threading.Lock()
 
@@ -526,20 +529,27 @@ def _score_command(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be positive, got {args.timeout}")
-    problems = problems_module.load_problems(args.problems, args.format)
-    completions = problems_module.load_completions(args.completions)
-    known = {p.task_id for p in problems}
-    for c in completions:
-        if c.task_id not in known:
-            raise DataError(f"{c.where}: task_id {c.task_id!r} is not a problem of {args.problems}")
-    output = Path(args.output)
+    preload = sorted({m for e in problems_module.EXECUTORS.values() for m in e.preload})
+    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, args.workers, preload=preload)  # while we read
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        sink = output.open("w", encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{output}: cannot write ({e.strerror})") from None
+        problems = problems_module.load_problems(args.problems, args.format)
+        completions = problems_module.load_completions(args.completions)
+        known = {p.task_id for p in problems}
+        for c in completions:
+            if c.task_id not in known:
+                raise DataError(f"{c.where}: task_id {c.task_id!r} is not a problem of {args.problems}")
+        output = Path(args.output)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            sink = output.open("w", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"{output}: cannot write ({e.strerror})") from None
+        box = sandbox_starting.result()
+    except BaseException:
+        _discard(sandbox_starting)
+        raise
     tick, done = _progress(len(completions))
-    with sink, TestCaseReward(problems, workers=args.workers, timeout=args.timeout) as scorer:
+    with sink, TestCaseReward(problems, workers=box.workers, timeout=args.timeout, sandbox=box) as scorer:
         try:
             results = scorer.score([(c.task_id, c.completion) for c in completions], progress=tick)
         finally:
@@ -548,6 +558,13 @@ def _score_command(args: argparse.Namespace) -> int:
             sink.write(json.dumps(r.to_json()) + "\n")
         _print_summary(results, scorer, time.perf_counter() - start, output)
     return 0
+
+
+def _discard(starting: Future) -> None:
+    try:
+        starting.result().close()
+    except SandboxError:
+        pass
 
 
 def _print_summary(

@@ -44,7 +44,7 @@ import types
 import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 REPORT_FD = 3  # the program writes its report here; nothing else in the program's reach is read back
@@ -67,21 +67,23 @@ class Limits:
     the wall clock is a looser backstop for programs that sleep or block."""
 
     cpu_time: float = 10.0  # seconds, all the program's processes together
-    wall_time: float | None = None  # seconds; default 2 * cpu_time + 1
-    memory: int = 1 << 30  # bytes of resident memory, all processes together (watched, not RLIMIT_AS)
+    wall_time: float | None = None  # seconds; default (2 * cpu_time + 1) times the machine's load per core
+    memory: int = 1 << 30  # bytes (proportional set size), all processes together: watched, not RLIMIT_AS
     address_space: int | None = (
         None  # per-process RLIMIT_AS backstop; default 4 * memory (numpy still starts)
     )
     output: int = 4 << 20  # bytes of stdout + stderr + report together
     file_size: int = 16 << 20  # largest file the program may write
-    processes: int = (
-        64  # processes and threads of the program's uid (enforced where a uid of its own is possible)
-    )
+    processes: int = 64  # processes and threads of its uid (only where the program has a uid of its own)
     open_files: int = 256
 
     @property
     def wall(self) -> float:
-        return self.wall_time if self.wall_time is not None else 2 * self.cpu_time + 1.0
+        """The wall-clock backstop. Unless set, it stretches with the load: a program starved of CPU on a busy
+        machine is not a timeout (its CPU time, which decides, does not grow with the load)."""
+        if self.wall_time is not None:
+            return self.wall_time
+        return (2 * self.cpu_time + 1.0) * _load_per_core()
 
     @property
     def backstop(self) -> int:
@@ -128,13 +130,29 @@ class Isolation:
     notes: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
-        held = [name for name, value in asdict(self).items() if value is True]
-        missing = [name for name, value in asdict(self).items() if value is False]
+        yes = {True: "yes", False: "NO"}
+        user = (
+            "an unprivileged uid of their own (one per worker)"
+            if self.separate_uid
+            else "root of a user namespace, every capability dropped"
+            if self.user_namespace
+            else "the caller's own user"
+        )
         return [
-            f"held: {', '.join(held) or 'nothing'}",
-            f"not held: {', '.join(missing) or 'nothing'}",
+            f"programs run as {user}",
+            f"own pid namespace (all their processes end with them): {yes[self.pid_namespace]}",
+            f"own network namespace (no network): {yes[self.network_namespace]}",
+            f"own mount namespace (read-only files, private /tmp): {yes[self.mount_namespace]}",
+            f"own IPC namespace: {yes[self.ipc_namespace]}",
             *self.notes,
         ]
+
+
+def _load_per_core() -> float:
+    try:
+        return max(1.0, os.getloadavg()[0] / default_workers())
+    except OSError:
+        return 1.0
 
 
 def default_workers() -> int:
@@ -325,14 +343,14 @@ class _Worker:
 
     def _request(self, program: Program) -> RunResult:
         assert self.proc is not None
-        limits = asdict(program.limits)
-        limits.update(wall_time=program.limits.wall, address_space=program.limits.backstop)
+        wall = program.limits.wall
+        limits = asdict(replace(program.limits, wall_time=wall, address_space=program.limits.backstop))
         request = {"source": program.source, "stdin": program.stdin.hex(), "limits": limits}
         try:
             _send(self.proc.stdin.fileno(), request)
         except OSError:
             raise _ServerDied from None
-        reply = _recv(self.proc.stdout.fileno(), timeout=program.limits.wall + 30)
+        reply = _recv(self.proc.stdout.fileno(), timeout=wall + 30)
         return RunResult(**reply)
 
 
@@ -495,6 +513,9 @@ class _Server:
             notes.append(
                 "no namespaces: programs share the network and see the file system through permissions only"
             )
+        if self.uid is not None and not self.mount_ns and any(map(_closed_ancestors, _interpreter_paths())):
+            notes.append("the interpreter lies under a folder closed to other users: programs can import only what "
+                         "the server preloaded")  # fmt: skip
         if not root:
             notes.append(
                 "not root: no uid of its own, so the process count is bounded only by the wall clock"
@@ -676,7 +697,10 @@ class _Server:
             _, wait_status, usage = os.wait4(pid, 0)
         finally:
             os.close(pidfd)
-        self._kill_leftovers()
+        if (
+            not self.pid_ns
+        ):  # in a pid namespace the kernel has already killed the rest with the first process
+            self._kill_leftovers()
         total += _drain(open_fds, buffers, limits.output - total)
         cpu = max(usage.ru_utime + usage.ru_stime, polled_cpu)  # killed processes were never waited for
         code = os.waitstatus_to_exitcode(wait_status)

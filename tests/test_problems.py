@@ -83,6 +83,9 @@ def test_humaneval_format_counts_each_assert(tmp_path: Path) -> None:
     for literal in ("== 3", "5 ==", "== 0"):
         assert literal not in p.test_script  # expected values never reach the sandbox
     assert "check(__candidate__)" in p.test_script
+    assert (
+        not p.tests_in_process
+    )  # two asserts are decided in the sandbox: the program gets a process of its own
 
 
 def test_mbpp_format(tmp_path: Path) -> None:
@@ -90,7 +93,9 @@ def test_mbpp_format(tmp_path: Path) -> None:
     assert (p.task_id, p.entry_point, p.source_format) == ("11", "remove_Occ", "mbpp")
     assert len(p.tests) == 2 and all(isinstance(t, AssertTest) and t.compared_here for t in p.tests)
     assert MBPP["test_list"][0] in p.prompt and MBPP["text"] in p.prompt
-    assert not p.tests_in_process
+    assert (
+        p.tests_in_process
+    )  # every test is compared outside the sandbox: one process is as safe, and cheaper
 
 
 def test_mbpp_tests_that_build_program_objects_run_in_process(tmp_path: Path) -> None:
@@ -346,12 +351,33 @@ def test_judge_never_takes_a_pass_on_word(humaneval: problems.Problem) -> None:
     assert problems.judge(sub, [outcome(unfinished)]).status == "runtime_error"
 
 
+def test_in_process_programs_cannot_claim_an_infra_error(
+    qrl: problems.Problem, humaneval: problems.Problem
+) -> None:
+    events = [{"e": "harness_error", "msg": "x"}, {"e": "done"}]
+    assert problems.judge(
+        problems.prepare(qrl, "def run_length_encode(s): pass"), [outcome(events)]
+    ).status == (
+        "runtime_error"
+    )  # the program shared the harness's process: a masked reward must not be one write away
+    assert (
+        problems.judge(problems.prepare(humaneval, "    return 0\n"), [outcome(events)]).status
+        == "infra_error"
+    )
+    forged = [{"e": "loaded"}] + [{"e": "test", "i": i, "ok": True} for i in range(2)] + [{"e": "done"}]
+    assert (
+        problems.judge(
+            problems.prepare(qrl, "def run_length_encode(s): pass"), [outcome(forged)]
+        ).tests_passed
+        == 0
+    )
+
+
 @pytest.mark.parametrize(
     ("events", "fields", "status"),
     [
         ([{"e": "syntax_error", "msg": "x"}, {"e": "done"}], {}, "syntax_error"),
         ([{"e": "load_error", "msg": "x"}, {"e": "done"}], {}, "runtime_error"),
-        ([{"e": "harness_error", "msg": "x"}, {"e": "done"}], {}, "infra_error"),
         ([{"e": "loaded"}, {"e": "output_limit"}, {"e": "done"}], {}, "output_limit"),
         ([{"e": "loaded"}, {"e": "test", "i": 0, "error": "MemoryError"}, {"e": "done"}], {}, "memory_limit"),
         ([{"e": "loaded"}], {"status": "timeout"}, "timeout"),
