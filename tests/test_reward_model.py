@@ -107,7 +107,7 @@ def problem_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(problem_file: Path) -> TestCaseReward:
-    limits = Limits(memory=256 << 20, output=1 << 20)
+    limits = Limits(memory=160 << 20, output=1 << 20)  # small: a memory hog hits it well within its CPU time
     with TestCaseReward(problems.load_problems(problem_file), workers=2, timing=Timing(timeout=2.0, floor=0.5),
                         limits=limits) as reward:  # fmt: skip
         yield reward
