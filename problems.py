@@ -92,6 +92,9 @@ class Problem:
     # own objects. Otherwise the program runs in a process of its own, apart from the tests (see harness.py).
     tests_in_process: bool = False
 
+    def __hash__(self) -> int:  # task ids are unique in a set; tests hold lists, which do not hash
+        return hash(self.task_id)
+
 
 @dataclass(frozen=True)
 class Completion:

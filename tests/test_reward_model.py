@@ -107,7 +107,7 @@ def problem_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(problem_file: Path) -> TestCaseReward:
-    limits = Limits(memory=256 << 20, output=1 << 20)
+    limits = Limits(memory=160 << 20, output=1 << 20)  # small: a memory hog hits it well within its CPU time
     with TestCaseReward(problems.load_problems(problem_file), workers=2, timing=Timing(timeout=2.0, floor=0.5),
                         limits=limits) as reward:  # fmt: skip
         yield reward
@@ -229,6 +229,7 @@ def test_infra_errors_are_not_scored_and_not_cached(problem_file: Path) -> None:
 
 ATTACKS = {
     "exit 0 before the tests": ("rle", "import sys\nsys.exit(0)\n"),
+    "sys.exit(0) during a test": ("rle", "import sys\ndef run_length_encode(s):\n    sys.exit(0)\n"),
     "os._exit(0) during a test": ("rle", "import os\ndef run_length_encode(s):\n    os._exit(0)\n"),
     "print what a pass prints": ("rle", "print('4 passed', '{\"e\": \"done\"}')\ndef run_length_encode(s):\n    return None\n"),
     "claims an infra error": ("rle", "import os\nos.write(3, b'{\"e\": \"harness_error\", \"msg\": \"x\"}\\n')\nos._exit(0)\n"),

@@ -354,9 +354,9 @@ def test_as_an_unprivileged_user() -> None:
     opening = ""
     if blocked is not None:
         inner = prefix.relative_to(blocked).parts[0]
-        opening = (f"mkdir -p /run/qrl-keep && mount --bind {blocked}/{inner} /run/qrl-keep && "
+        opening = (f"mount -t tmpfs tmpfs /mnt && mkdir /mnt/keep && mount --bind {blocked}/{inner} /mnt/keep && "
                    f"mount -t tmpfs -o mode=0755 tmpfs {blocked} && mkdir {blocked}/{inner} && "
-                   f"mount --move /run/qrl-keep {blocked}/{inner} && ")  # fmt: skip
+                   f"mount --move /mnt/keep {blocked}/{inner} && ")  # fmt: skip
     command = f"{opening}exec setpriv --reuid=65534 --regid=65534 --clear-groups {sys.executable} -c {script}"
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", command],
                           check=False, capture_output=True, text=True, timeout=120)  # fmt: skip
