@@ -1,7 +1,8 @@
 """Preference pairs mined from test runs: sample answers, run their tests, prefer the better answer.
 
 For each problem, ``--mine_samples`` answers are sampled from the policy (``--policy_model``, default
-``--base_model``), each is scored in the sandbox, and pairs are formed by ``reward_data.mined_pairs``:
+``--base_model``) with the prompt GRPO and evaluation use, each is scored in the sandbox, and pairs are
+formed by ``reward_data.mined_pairs``:
 an answer that passes every test over one that does not, more tests passed over fewer, then the
 code-quality score as a tie-break. The pairs are in the preference format (``prompt``/``chosen``/``rejected``,
 conversational when the policy has a chat template) with what decided each pair beside them.
@@ -13,47 +14,45 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-from data_loading import DataError, read_records, require_fields
+from data_loading import DataError
 from reward_data import MiningCounts, ScoredAnswer, mined_pairs
 from run_config import Config
 from run_files import RunFolder
 
-Scorer = Callable[[dict[str, Any], list[str]], list[ScoredAnswer]]
+Scorer = Callable[[list[Any], list[list[str]]], list[list[ScoredAnswer]]]
 
 
-def load_problems(path: str) -> list[dict[str, Any]]:
-    """Problems with tests (``task_id``, ``prompt``, ``tests``, ...); every split is used."""
-    problems = []
-    for record in read_records(path):
-        require_fields(record, ("task_id", "prompt", "tests"))
-        if not isinstance(record.data["prompt"], str) or not record.data["prompt"].strip():
-            raise DataError(f"{record.where}: field 'prompt' must be non-empty text")
-        problems.append(record.data)
-    return problems
+def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], MiningCounts]:
+    """Mined pairs for ``--mine_pairs_from`` and their counts; generation happens here, nothing is written.
 
+    ``scorer`` maps problems and their answers to scored answers (default: the sandbox, see ``sandbox_scorer``).
+    """
+    from transformers import set_seed
 
-def mine(cfg: Config, scorer: Scorer) -> tuple[list[dict[str, Any]], MiningCounts]:
-    """Mined pairs for ``--mine_pairs_from`` and their counts; generation happens here, nothing is written."""
-    from q_trl_training import _as_chat, load_tokenizer, resolve_base_model, sample_answers
+    from problems import load_problems
+    from q_trl_training import build_prompt, load_for_generation, resolve_base_model, sample_completions
 
     m = cfg.mining
     problems = load_problems(m.mine_pairs_from)
-    model = resolve_base_model(m.policy_model or cfg.model.base_model)
-    tokenizer = load_tokenizer(model)
-    answers = sample_answers(model, [p["prompt"] for p in problems], m.mine_samples,
-                             cfg.generation.max_completion_length, cfg.generation.temperature, cfg.model.seed)
+    model_path = resolve_base_model(m.policy_model or cfg.model.base_model)
+    model, tokenizer = load_for_generation(model_path, cfg)
+    set_seed(cfg.model.seed)
+    prompts = [build_prompt(p, tokenizer) for p in problems]  # as GRPO and evaluation ask them
+    gen = _generation(cfg)
+    answers = sample_completions(model, tokenizer, prompts, m.mine_samples, gen.temperature, gen.max_completion_length)
+    del model
+    if m.mine_with_reference:
+        answers = [a + [f"```{p.language}\n{p.reference.rstrip()}\n```"] if p.reference else a
+                   for p, a in zip(problems, answers, strict=True)]
+    scored = (scorer or sandbox_scorer(cfg))(problems, answers)
     rows, counts = [], MiningCounts()
-    for problem, texts in zip(problems, answers, strict=True):
-        if m.mine_with_reference and problem.get("reference_solution"):
-            texts = texts + [f"```python\n{problem['reference_solution']}```"]
-        scored = scorer(problem, texts)
-        pairs = mined_pairs(scored, m.mine_max_pairs)
-        counts.add(scored, pairs)
-        prompt = _as_chat(tokenizer, problem["prompt"])
+    for problem, prompt, judged in zip(problems, prompts, scored, strict=True):
+        pairs = mined_pairs(judged, m.mine_max_pairs)
+        counts.add(judged, pairs)
         for chosen, rejected, reason in pairs:
             rows.append({
                 "prompt": prompt, "chosen": _answer(prompt, chosen.text), "rejected": _answer(prompt, rejected.text),
-                "task_id": problem["task_id"], "reason": reason, "tests": chosen.total,
+                "task_id": problem.task_id, "reason": reason, "tests": chosen.total,
                 "chosen_passed": chosen.passed, "rejected_passed": rejected.passed,
                 "chosen_quality": chosen.quality, "rejected_quality": rejected.quality,
             })
@@ -63,6 +62,38 @@ def mine(cfg: Config, scorer: Scorer) -> tuple[list[dict[str, Any]], MiningCount
             "scored the same); sample more with --mine_samples, raise --temperature, or add --mine_with_reference"
         )
     return rows, counts
+
+
+def _generation(cfg: Config):
+    """Sampling options: the ``grpo:`` section of run_rl.py, the ``generation:`` section of train_reward_model.py."""
+    return cfg.grpo if hasattr(cfg, "grpo") else cfg.generation
+
+
+def sandbox_scorer(cfg: Config) -> Scorer:
+    """Tests passed in the sandbox, and the code-quality score (the composite reward's) for the tie-break.
+
+    Answers the sandbox could not judge (infra errors) are left out rather than counted as failures.
+    """
+
+    def score(problems: list, answers: list[list[str]]) -> list[list[ScoredAnswer]]:
+        from reward_model import CompositeReward, Sample, TestCaseReward
+
+        r = getattr(cfg, "rewards", None)
+        tests = TestCaseReward(problems, workers=r.workers if r else None, timeout=r.timeout if r else None)
+        samples = [Sample(a, p.task_id) for p, group in zip(problems, answers) for a in group]
+        with CompositeReward(tests, quality=getattr(cfg, "quality", None)) as composite:
+            results = iter(composite.score_samples(samples))
+        out = []
+        for group in answers:
+            judged = []
+            for text, result in zip(group, results):
+                if result.reward is not None:
+                    judged.append(ScoredAnswer(text, result.tests_passed, result.tests_total,
+                                               result.components.get("quality", 0.0)))
+            out.append(judged)
+        return out
+
+    return score
 
 
 def _answer(prompt, text: str):
@@ -83,9 +114,3 @@ def summary(counts: MiningCounts) -> str:
     return (f"mined {counts.pairs} pairs ({by}) from {counts.problems} problems: {counts.samples} answers, "
             f"{counts.passing_samples} passing all tests, {counts.problems_without_pairs} problems without a pair")
 
-
-def sandbox_scorer() -> Scorer:
-    """Scores answers by running their tests in the sandbox."""
-    from data_loading import UserError
-
-    raise UserError("--mine_pairs_from needs the sandbox (sandbox.py), which this version does not have yet")

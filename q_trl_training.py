@@ -17,12 +17,18 @@ from run_config import EMBEDDED_MODEL_NAME, Config
 from run_files import RunFolder
 
 
-def resolve_base_model(name: str) -> str:
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def resolve_base_model(name: str, allow_adapter: bool = False) -> str:
     """A loadable model folder for --base_model, or one clear error naming it."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"--base_model {name}: not a model folder (no config.json)")
+        if not (path / "config.json").is_file() and not (allow_adapter and is_adapter(path)):
+            hint = (" (a LoRA adapter checkpoint: train from checkpoints/final, or resume with --resume_from_checkpoint)"
+                    if is_adapter(path) else " (no config.json)")
+            raise UserError(f"--base_model {name}: not a model folder{hint}")
         return str(path)
     if name == EMBEDDED_MODEL_NAME:
         try:
@@ -47,6 +53,22 @@ def load_tokenizer(model_path: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_for_generation(model_path: str, cfg: Config):
+    """A model (a LoRA checkpoint merged into its base) and its tokenizer, ready to sample from."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = model_init_kwargs(cfg)
+    if is_adapter(model_path):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_path, **kwargs).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    has_tokenizer = (Path(model_path) / "tokenizer_config.json").is_file() or not Path(model_path).is_dir()
+    tokenizer = load_tokenizer(model_path if has_tokenizer else model.config._name_or_path)
+    return model, tokenizer
 
 
 def peft_config(cfg: Config, task_type: str = "CAUSAL_LM"):
@@ -75,10 +97,14 @@ def model_init_kwargs(cfg: Config) -> dict[str, Any]:
 
 def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool) -> dict[str, Any]:
     """The specification's options as keyword arguments of TRL's configs (shared by every TRL path)."""
+    import torch
+
     m = cfg.model
     evaluate = has_eval and m.eval_steps > 0
     extra = {"beta": m.kl_coef} if hasattr(m, "kl_coef") else {}  # reward-model runs have no KL penalty
     return dict(
+        # Without an accelerator, say so: several processes then form a gloo group instead of each training alone.
+        use_cpu=not torch.accelerator.is_available(),
         output_dir=str(folder.checkpoints),
         run_name=run_name,
         learning_rate=m.learning_rate,
@@ -163,6 +189,166 @@ def save_final_model(trainer, tokenizer, folder: RunFolder) -> Path:
     return folder.final_model
 
 
+# --- GRPO: the test-case paths ------------------------------------------------------------------------------
+
+INSTRUCTIONS = {
+    "python": "Answer with the complete Python function in one ```python code block.",
+    "q": "Answer with the q definition of `solve` in one ```q code block.",
+}
+
+
+def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
+    """The one prompt builder for training and evaluation: chat template where the model has one, raw text for
+    completion-style problems (HumanEval prompts that the answer continues)."""
+    if problem.completion_joins_prompt or not tokenizer.chat_template:
+        return problem.prompt
+    instruction = INSTRUCTIONS.get(problem.language, "")
+    return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]
+
+
+def prompt_text(prompt: str | list[dict[str, str]], tokenizer) -> str:
+    """What the model actually reads for a prompt (the chat template applied)."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def truncate_prompt(prompt: str | list[dict[str, str]], tokenizer, max_tokens: int) -> tuple[Any, bool]:
+    """Cut a prompt from the left to max_tokens (template included), keeping the instruction's end."""
+    n_tokens = len(tokenizer(prompt_text(prompt, tokenizer), add_special_tokens=False)["input_ids"])
+    if n_tokens <= max_tokens:
+        return prompt, False
+    content = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    ids = tokenizer(content, add_special_tokens=False)["input_ids"]
+    keep = max(len(ids) - (n_tokens - max_tokens), 1)
+    cut = tokenizer.decode(ids[-keep:])
+    if isinstance(prompt, str):
+        return cut, True
+    return [*prompt[:-1], {**prompt[-1], "content": cut}], True
+
+
+def check_vllm(cfg: Config) -> None:
+    if cfg.grpo.use_vllm:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("--use_vllm: the vllm package is not installed (pip install vllm; it needs a GPU)")
+
+
+def _grpo_class():
+    from trl import GRPOTrainer
+
+    class CodeGRPOTrainer(GRPOTrainer):
+        """TRL's GRPOTrainer plus what code RL needs: reward_scale that survives group normalisation, groups
+        with equal rewards left out of the loss, and evaluation by running sampled code (pass@k)."""
+
+        def __init__(self, *args, reward_scale: float = 1.0, drop_zero_variance_groups: bool = False,
+                     evaluator=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.reward_scale = reward_scale
+            self.drop_zero_variance_groups = drop_zero_variance_groups
+            self.evaluator = evaluator
+
+        def _generate_and_score_completions(self, inputs):
+            import torch
+
+            out = super()._generate_and_score_completions(inputs)
+            if self.model.training and self.drop_zero_variance_groups:
+                adv, mask = out["advantages"], out["completion_mask"]
+                g = self.num_generations
+                flat = adv == 0
+                if adv.numel() % g == 0:  # whole groups on this process: drop a group only if all of it is flat
+                    flat = flat.view(-1, g).all(dim=1).repeat_interleave(g)
+                dropped_tokens = mask[flat].sum()
+                out["completion_mask"] = mask * (~flat).unsqueeze(1).to(mask.dtype)
+                counts = self.accelerator.gather(torch.stack([flat.sum() / g, dropped_tokens.float()]).view(1, 2))
+                counts = counts.view(-1, 2).sum(dim=0)
+                self._metrics["train"]["dropped_groups"].append(counts[0].item())
+                if out.get("num_items_in_batch") is not None:
+                    out["num_items_in_batch"] = torch.clamp(out["num_items_in_batch"] - counts[1], min=1)
+            out["advantages"] = out["advantages"] * self.reward_scale
+            return out
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+            if self.evaluator is None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            metrics, _ = self.evaluator(self.accelerator.unwrap_model(self.model), self.accelerator)
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    return CodeGRPOTrainer
+
+
+def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, reward_funcs: list,
+                       folder: RunFolder, run_name: str, callbacks: list, evaluator=None):
+    """TRL's GRPOTrainer with the run's options: kl_coef -> beta, entropy_coef -> entropy_coef, and TRL's own
+    GRPO names passed through."""
+    from trl import GRPOConfig
+
+    g = cfg.grpo
+    args = GRPOConfig(
+        **trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None),
+        entropy_coef=cfg.model.entropy_coef,
+        num_generations=g.num_generations,
+        temperature=g.temperature,
+        max_completion_length=g.max_completion_length,
+        loss_type=g.loss_type,
+        epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high,
+        num_iterations=g.num_iterations,
+        scale_rewards=g.scale_rewards,
+        mask_truncated_completions=g.mask_truncated_completions,
+        use_vllm=g.use_vllm,
+        vllm_mode=g.vllm_mode,
+        log_completions=False,
+    )
+    return _grpo_class()(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=callbacks,
+        reward_scale=cfg.model.reward_scale,
+        drop_zero_variance_groups=g.drop_zero_variance_groups,
+        evaluator=evaluator,
+    )
+
+
+def sample_completions(model, tokenizer, prompts: list, n: int, temperature: float, max_new_tokens: int,
+                       batch_size: int = 8) -> list[list[str]]:
+    """n sampled answers per prompt (greedy and one answer when temperature is 0), decoded without specials."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    greedy = temperature <= 0
+    n = 1 if greedy else n
+    out: list[list[str]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [prompt_text(p, tokenizer) for p in prompts[start:start + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                    temperature=temperature if not greedy else None, top_p=None, top_k=None,
+                    num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+                )
+            answers = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out.extend(answers[i:i + n] for i in range(0, len(answers), n))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return out
+
+
 # --- reward models ----------------------------------------------------------------------------------
 def build_reward_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, folder: RunFolder,
                          run_name: str, callbacks: list):
@@ -239,44 +425,10 @@ def score_texts(model, tokenizer, texts: list[str], conversational: bool, batch_
     return scores
 
 
-def sample_answers(model_path: str, prompts: list, n: int, max_new_tokens: int, temperature: float, seed: int,
-                   batch_size: int = 8) -> list[list[str]]:
-    """``n`` sampled answers per prompt (text, special tokens removed): mined pairs and policy negatives.
-
-    Text prompts go through the tokenizer's chat template as a user turn when it has one.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
-
-    set_seed(seed)
-    tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    texts = [_prompt_text(tokenizer, _as_chat(tokenizer, p)) for p in prompts]
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                           top_p=1.0, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
-    answers: list[list[str]] = []
-    per_call = max(1, batch_size // n)
-    for i in range(0, len(texts), per_call):
-        enc = tokenizer(texts[i:i + per_call], padding=True, padding_side="left", return_tensors="pt",
-                        add_special_tokens=not isinstance(_as_chat(tokenizer, prompts[i]), list))
-        with torch.no_grad():
-            out = model.generate(**enc, generation_config=gen)
-        decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        answers.extend(decoded[j * n:(j + 1) * n] for j in range(len(decoded) // n))
-    return answers
-
-
-def _as_chat(tokenizer, prompt):
+def as_chat(tokenizer, prompt):
     """Text prompts become a user turn for chat models: how a chat policy is asked a question."""
     if isinstance(prompt, str) and tokenizer.chat_template:
         return [{"role": "user", "content": prompt}]
-    return prompt
-
-
-def _prompt_text(tokenizer, prompt) -> str:
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     return prompt
 
 
@@ -337,7 +489,7 @@ class PPOConfig:
 
 def ppo_config(cfg: Config, folder: RunFolder, run_name: str) -> PPOConfig:
     """The options as a PPOConfig: the PPO half of the name mapping."""
-    m, p, g = cfg.model, cfg.ppo, cfg.generation
+    m, p, g = cfg.model, cfg.ppo, cfg.grpo  # answer length and temperature: shared with GRPO
     return PPOConfig(
         output_dir=str(folder.checkpoints), run_name=run_name, learning_rate=m.learning_rate,
         batch_size=m.batch_size, gradient_accumulation_steps=m.gradient_accumulation_steps,
@@ -463,7 +615,8 @@ class PPOTrainer:
     ``accelerator``, ``model``, ``end``, callbacks and ``checkpoint-N`` folders.
 
     ``reward_fn`` has TRL's reward-function signature: ``f(prompts, completions, **columns) -> list[float|None]``
-    where the columns are the rows' other fields (``None`` counts as 0). Rows hold ``prompt`` (text or messages).
+    where the columns are the rows' other fields; ``None`` (not judged) gets the batch's mean reward, so it
+    pushes neither way. Rows hold ``prompt`` (text or messages).
     """
 
     def __init__(self, model: str, args: PPOConfig, tokenizer, reward_fn, train_rows: list[dict],
@@ -509,6 +662,7 @@ class PPOTrainer:
         self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
                                        num_training_steps=args.max_steps)
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+        self.reward_metrics: dict[str, float] = {}
         eos = {tokenizer.eos_token_id}
         gen_eos = policy.generation_config.eos_token_id
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -600,6 +754,8 @@ class PPOTrainer:
             "learning_rate": learning_rate,
         }
         stats.update({key: sum(v) / len(v) for key, v in logged.items()})
+        stats.update(self.reward_metrics)
+        self.reward_metrics = {}
         if args.adaptive_kl:
             self.kl_ctl.update(sequence_kl, len(rows))
         return stats
@@ -644,7 +800,7 @@ class PPOTrainer:
 
         tok = self.tokenizer
         prompts = [r["prompt"] for r in rows]
-        texts = [_prompt_text(tok, p) for p in prompts]
+        texts = [prompt_text(p, tok) for p in prompts]
         enc = tok(texts, padding=True, padding_side="left", truncation=True, truncation_side="left",
                   max_length=self.args.max_seq_length - self.args.max_completion_length,
                   add_special_tokens=not isinstance(prompts[0], list), return_tensors="pt")
@@ -675,14 +831,23 @@ class PPOTrainer:
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         ids = [r[m.bool()].tolist() for r, m in zip(batch["response"], batch["mask"])]
         rewards = self.reward_fn(prompts=batch["prompts"], completions=batch["completions"], completion_ids=ids,
-                                 **columns)
+                                 log_metric=self._log_metric, **columns)
         if len(rewards) != len(rows):
             raise ValueError(f"the reward function returned {len(rewards)} rewards for {len(rows)} answers")
-        return torch.tensor([0.0 if r is None else float(r) for r in rewards])
+        judged = [float(r) for r in rewards if r is not None]
+        neutral = sum(judged) / len(judged) if judged else 0.0  # not judged (e.g. a sandbox failure): no signal
+        self.reward_metrics["reward_unjudged_fraction"] = 1 - len(judged) / len(rewards)
+        return torch.tensor([neutral if r is None else float(r) for r in rewards])
+
+    def _log_metric(self, name: str, value: float) -> None:
+        """What a reward function reports about its components (TRL's ``log_metric``), logged with the step."""
+        self.reward_metrics[name] = value
 
     def _rollout(self, rows: list[dict]) -> dict:
         """Answers, their rewards, and the rollout's log-probabilities, reference log-probabilities and values."""
         import torch
+
+        self.reward_metrics = {}
 
         batch = self._generate(rows, self.sampling)
         batch["rewards"] = self._score(rows, batch)
@@ -839,28 +1004,3 @@ class PPOTrainer:
     def end(self) -> None:
         if self.args.report_to:
             self.accelerator.end_training()
-
-
-class LearnedReward:
-    """A trained reward model as a reward function: ``f(prompts, completions, **columns) -> list[float]``.
-
-    Texts are built as the RewardTrainer built its pairs (chat template for messages, EOS after text) and
-    scored ``batch_size`` at a time; the same callable serves PPO, GRPO and the composite reward.
-    """
-
-    def __init__(self, path: str, batch_size: int = 8, max_length: int = 1024, device: str | None = None):
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        folder = check_reward_model(path)
-        self.__name__ = f"learned_reward:{folder.name}"  # TRL logs reward functions by name
-        self.tokenizer = load_tokenizer(str(folder))
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.batch_size, self.max_length = batch_size, max_length
-
-    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
-        texts = reward_model_texts(self.tokenizer, prompts, completions)
-        return score_texts(self.model, self.tokenizer, texts, isinstance(prompts[0], list), self.batch_size,
-                           self.max_length)

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import typing
-
 import yaml
-from transformers import HfArgumentParser
 
+from code_quality import QualityConfig
 from data_loading import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -112,11 +111,53 @@ class TrackingArguments:
 
 
 @dataclass
-class GenerationArguments:
-    """How answers are sampled: PPO rollouts, mined pairs, policy-written negatives."""
+class GRPOArguments:
+    """GRPO on the test-case paths; the names are TRL's own and pass through unchanged."""
 
-    max_completion_length: int = _opt(256, "Longest generated answer in tokens.")
-    temperature: float = _opt(1.0, "Sampling temperature of generated answers.")
+    num_generations: int = _opt(4, "Completions sampled per prompt (one GRPO group).")
+    temperature: float = _opt(1.0, "Sampling temperature while training.")
+    max_completion_length: int = _opt(256, "Longest completion in tokens.")
+    max_prompt_length: int = _opt(
+        512, "Longest prompt in tokens; longer prompts are cut from the left, keeping the instruction's end."
+    )
+    loss_type: str = _opt("dapo", "TRL GRPO loss: dapo, grpo, dr_grpo, bnpo, ...")
+    epsilon: float = _opt(0.2, "Lower clipping range of the policy ratio.")
+    epsilon_high: float | None = _opt(None, "Upper clipping range (default: --epsilon).")
+    num_iterations: int = _opt(1, "Optimisation passes over each generated batch.")
+    scale_rewards: str = _opt("group", "Advantage normalisation: group, batch or none.")
+    mask_truncated_completions: bool = _opt(False, "Leave completions cut at max_completion_length out of the loss.")
+    drop_zero_variance_groups: bool = _opt(
+        False, "Leave groups whose rewards are all equal out of the loss (dynamic sampling, without refill)."
+    )
+    use_vllm: bool = _opt(False, "Generate with vLLM (needs the vllm package and a GPU).")
+    vllm_mode: str = _opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
+
+
+@dataclass
+class EvalArguments:
+    """Evaluation by running sampled code: pass@1 and pass@k on --eval_data."""
+
+    eval_only: bool = _opt(False, "Evaluate --base_model (or a checkpoint) once and exit; write the samples.")
+    eval_num_samples: int = _opt(4, "Samples per problem (n of pass@k).")
+    eval_temperature: float = _opt(0.8, "Sampling temperature for evaluation (0: greedy, one sample).")
+    eval_max_problems: int | None = _opt(None, "Evaluate at most this many problems (default: all).")
+
+
+@dataclass
+class RewardArguments:
+    """The reward of the test-case paths: its weights, and the sandbox that runs the code."""
+
+    reward_pass: float = _opt(1.0, "Weight of passing every test (binary).")
+    reward_partial: float = _opt(0.5, "Weight of the fraction of tests passed (partial credit).")
+    reward_all_pass_bonus: float = _opt(0.2, "Bonus when every test passes.")
+    reward_time: float = _opt(0.1, "Weight of the time-efficiency score (CPU time against the reference; passing only).")
+    reward_quality: float = _opt(0.2, "Weight of the code-quality score on the default path (test cases + quality).")
+    reward_learned: float = _opt(
+        0.0, "Weight of a learned reward model's score (--reward_model_path) on the default path (0: not used)."
+    )
+    workers: int | None = _opt(None, "Sandbox workers running programs in parallel (default: all cores).")
+    timeout: float | None = _opt(None, "Per-program time limit in seconds (default: calibrated from the reference).")
+    q_binary: str | None = _opt(None, "The q interpreter for Q problems (default: `q` on PATH; QHOME is honoured).")
 
 
 @dataclass
@@ -164,7 +205,10 @@ RL_SECTIONS: dict[str, type] = {
     "data": DataArguments,
     "lora": LoraArguments,
     "tracking": TrackingArguments,
-    "generation": GenerationArguments,
+    "grpo": GRPOArguments,
+    "evaluation": EvalArguments,
+    "rewards": RewardArguments,
+    "quality": QualityConfig,
     "ppo": PPOArguments,
     "mining": MiningArguments,
 }
@@ -236,7 +280,10 @@ REWARD_MODEL_SECTIONS: dict[str, type] = {
     ),
     "lora": LoraArguments,
     "tracking": TrackingArguments,
-    "generation": GenerationArguments,
+    "generation": section(
+        "GenerationArguments", "How answers are sampled: mined pairs and policy-written negatives.",
+        (GRPOArguments, ["max_completion_length", "temperature"]),
+    ),
     "mining": MiningArguments,
 }
 
@@ -257,21 +304,21 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-class _Parser(HfArgumentParser):
-    """HfArgumentParser that reports errors as one line instead of usage text."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{message} (see --help)")
-
-
 def build_parser(
     sections: dict[str, type], prog: str | None = None, description: str | None = None,
     default_config: Path = DEFAULT_CONFIG,
-) -> _Parser:
+):
+    """transformers' HfArgumentParser over the sections, reporting errors as one line instead of usage text."""
+    from transformers import HfArgumentParser  # here, so that importing the options stays light
+
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise ConfigError(f"{message} (see --help)")
+
     names = [f.name for cls in sections.values() for f in dataclasses.fields(cls)]
     dupes = {n for n in names if names.count(n) > 1}
     assert not dupes, f"option names defined twice: {dupes}"
-    parser = _Parser(list(sections.values()), prog=prog, description=description)
+    parser = Parser(list(sections.values()), prog=prog, description=description)
     shown = default_config.relative_to(PROJECT_DIR) if default_config.is_relative_to(PROJECT_DIR) else default_config
     parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {shown} beside the script).")
     if "use_peft" in names:
@@ -358,7 +405,7 @@ def validate_training(cfg: Config) -> None:
     for name in positive:
         if name in options and not options[name] > 0:
             raise ConfigError(f"--{name} must be greater than 0 (got {options[name]})")
-    non_negative = "eval_steps kl_coef entropy_coef warmup_steps cliprange cliprange_value vf_coef mine_max_pairs".split()
+    non_negative = "eval_steps kl_coef entropy_coef warmup_steps cliprange cliprange_value vf_coef mine_max_pairs reward_learned".split()
     for name in non_negative:
         if name in options and options[name] < 0:
             raise ConfigError(f"--{name} must not be negative (got {options[name]})")
@@ -382,5 +429,14 @@ def options_markdown(sections: dict[str, type]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python run_config.py [reward_model]: the options table of run_rl.py (or the other)
-    print(options_markdown(REWARD_MODEL_SECTIONS if sys.argv[1:] == ["reward_model"] else RL_SECTIONS))
+def update_readme(path: Path = PROJECT_DIR / "README.md") -> None:
+    """Rewrite the README's generated options table in place."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- options:start.*?-->\n).*?(\n<!-- options:end -->)", re.S)
+    path.write_text(pattern.sub(lambda m: m.group(1) + options_markdown(RL_SECTIONS) + m.group(2), text), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    update_readme()  # python run_config.py: regenerate the README's options table

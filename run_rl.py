@@ -10,6 +10,7 @@ Options come from built-in defaults, then config.yaml (or --config FILE), then t
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"run_rl.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"Run folder: {folder.root}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"Run folder: {folder.root}")
     return 0
 
 

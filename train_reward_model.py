@@ -54,7 +54,7 @@ def reward_pairs(cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any], A
     if cfg.mining.mine_pairs_from:
         import mining
 
-        mined = mining.mine(cfg, mining.sandbox_scorer())
+        mined = mining.mine(cfg)
         print(mining.summary(mined[1]))
         rows += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in mined[0]]
         counts[cfg.mining.mine_pairs_from] = {"format": "mined", "pairs": len(mined[0])}
@@ -93,11 +93,16 @@ def load_pairs(path: str, data_format: str, cfg: Config) -> tuple[str, list[dict
 
 
 def _sample(cfg: Config, prompts: list) -> list[list[str]]:
-    from q_trl_training import resolve_base_model, sample_answers
+    """One answer per prompt from the policy, for --demo_negatives policy/both."""
+    from transformers import set_seed
 
-    model = resolve_base_model(cfg.mining.policy_model or cfg.model.base_model)
-    return sample_answers(model, prompts, 1, cfg.generation.max_completion_length, cfg.generation.temperature,
-                          cfg.model.seed)
+    from q_trl_training import as_chat, load_for_generation, resolve_base_model, sample_completions
+
+    model, tokenizer = load_for_generation(resolve_base_model(cfg.mining.policy_model or cfg.model.base_model), cfg)
+    set_seed(cfg.model.seed)
+    g = cfg.generation
+    return sample_completions(model, tokenizer, [as_chat(tokenizer, p) for p in prompts], 1, g.temperature,
+                              g.max_completion_length)
 
 
 def train_reward_model(cfg: Config) -> RunFolder:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from data_loading import UserError
+from reward_model import LearnedReward
 from q_trl_training import (
     AdaptiveKLController,
-    LearnedReward,
     clipped_policy_loss,
     clipped_value_loss,
     compute_gae,
@@ -173,7 +173,7 @@ def test_any_reward_function_with_columns(tiny_model, tmp_path):
         assert prompt == [{"role": "user", "content": f"Write {entry_point}"}]  # columns stay with their prompt
         assert completion[0]["role"] == "assistant"
     step = json.loads(folder.rewards_json.read_text())["steps"][0]
-    assert 0.0 <= step["reward"] <= 1.0  # None counts as 0
+    assert 0.0 <= step["reward"] <= 1.0 and "reward_unjudged_fraction" in step  # None: the batch mean
     assert (folder.checkpoints / "checkpoint-1" / "model.safetensors").is_file()  # --no_peft: whole weights
 
 

@@ -143,7 +143,8 @@ def test_reward_model_on_pairs_writes_the_run_folder(rm_argv, preference_file):
     # the reward function scores exactly the tokens the trainer trained on
     from trl.data_utils import _tokenize
 
-    from q_trl_training import LearnedReward, reward_model_texts
+    from q_trl_training import reward_model_texts
+    from reward_model import LearnedReward
 
     reward = LearnedReward(str(folder.final_model))
     row = preference_rows(1)[0]
