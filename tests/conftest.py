@@ -89,3 +89,23 @@ def dpo_argv(tiny_model, preference_file, tmp_path) -> list[str]:
         "--save_steps", "2", "--eval_steps", "2", "--batch_size", "2", "--gradient_accumulation_steps", "1",
         "--learning_rate", "1e-3", "--max_seq_length", "128",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
+    """An untrained one-output classifier on the tiny model: a reward model in shape, fast to make."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("rm") / "tiny-rm"
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)
+    return path
+
+
+def problem_rows(n: int = 3) -> list[dict]:
+    """The first n training problems of the shipped Python set (with tests and reference solutions)."""
+    rows = [json.loads(line) for line in (ROOT / "data" / "problems" / "python.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == "train"][:n]
+

@@ -86,18 +86,6 @@ def test_whitening_entropy_explained_variance_and_adaptive_kl():
 
 
 # --- runs -----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def tiny_reward_model(tiny_model, tmp_path_factory):
-    """An untrained one-output classifier on the tiny model: a reward model in shape, fast to make."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = tmp_path_factory.mktemp("rm") / "tiny-rm"
-    torch.manual_seed(1)
-    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def ppo_argv(tiny_model, tiny_reward_model, preference_file, tmp_path):
     return [

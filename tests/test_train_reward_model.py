@@ -210,3 +210,49 @@ def test_bad_inputs_are_one_clear_line(tiny_model, tmp_path, preference_file, ca
         assert lines[0].startswith("train_reward_model.py: error: ") and needle in lines[0], lines[0]
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists(), "a failed start must write nothing"
+
+
+# --- pairs mined from test runs ---------------------------------------------------------------------------
+@pytest.fixture
+def problems_file(tmp_path):
+    from conftest import problem_rows
+
+    return write_jsonl(tmp_path / "problems.jsonl", problem_rows(3))
+
+
+def test_mined_pairs_train_a_reward_model(rm_argv, problems_file):
+    """The tiny model's answers fail; with the references added, every problem gives passing-over-failing pairs."""
+    folder = train_reward_model(parse_options(rm_argv + [
+        "--mine_pairs_from", str(problems_file), "--mine_samples", "3", "--mine_with_reference",
+        "--max_completion_length", "12", "--max_steps", "1", "--eval_split", "0.34", "--max_seq_length", "512"]))
+    counts = json.loads(folder.mining_json.read_text())
+    assert counts["problems"] == 3 and counts["samples"] == 12 and counts["passing_samples"] == 3
+    assert counts["problems_with_a_passing_sample"] == 3 and counts["pairs_by_reason"]["pass_over_fail"] >= 3
+    assert counts["pairs"] == sum(counts["pairs_by_reason"].values())
+    pairs = [json.loads(line) for line in folder.mined_pairs.read_text().splitlines()]
+    assert len(pairs) == counts["pairs"]
+    first = next(p for p in pairs if p["reason"] == "pass_over_fail")
+    assert first["chosen_passed"] == first["tests"] > first["rejected_passed"]
+    assert first["prompt"][0]["role"] == "user" and "```python" in first["chosen"][0]["content"]
+    assert "mined" in folder.training_log.read_text()
+    sources = json.loads(folder.eval_json.read_text())["sources"]
+    assert sources[str(problems_file)] == {"format": "mined", "pairs": counts["pairs"]}
+
+
+def test_mined_pairs_for_dpo_and_a_harvest_of_nothing(tiny_model, problems_file, tmp_path):
+    import mining
+    from reward_data import ScoredAnswer
+    from run_config import RL_SECTIONS
+    from train_rl import train
+
+    argv = ["--use_dpo", "--base_model", str(tiny_model), "--mine_pairs_from", str(problems_file),
+            "--mine_samples", "2", "--mine_with_reference", "--max_completion_length", "8", "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "1", "--batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--max_seq_length", "512", "--eval_steps", "0", "--workers", "1"]
+    folder = train(parse_config(RL_SECTIONS, argv))
+    assert folder.mined_pairs.is_file() and json.loads(folder.rewards_json.read_text())["method"] == "dpo"
+
+    cfg = parse_config(RL_SECTIONS, argv)
+    same = lambda problems, answers: [[ScoredAnswer(a, 0, 5) for a in group] for group in answers]  # noqa: E731
+    with pytest.raises(DataError, match="mining found no pairs .*--mine_samples"):
+        mining.mine(cfg, scorer=same)
