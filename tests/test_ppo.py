@@ -213,6 +213,11 @@ def test_wandb_offline_ppo_run(ppo_argv, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     monkeypatch.delenv("WANDB_NAME", raising=False)
-    run(ppo_argv + ["--wandb", "--wandb_project", "q-rl-test", "--max_steps", "1", "--eval_steps", "0"])
+    import wandb
+
+    try:
+        run(ppo_argv + ["--wandb", "--wandb_project", "q-rl-test", "--max_steps", "1", "--eval_steps", "0"])
+    finally:
+        wandb.teardown()  # wandb keeps its settings (WANDB_DIR) per process; later tests need their own
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
