@@ -130,12 +130,21 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
     )
 
 
+def trl_config(config_class, **kwargs):
+    """A TRL config; the checks TRL makes of the options (batch sizes that do not divide, ...) become one line."""
+    try:
+        return config_class(**kwargs)
+    except ValueError as e:
+        raise UserError(f"{config_class.__name__}: {str(e).strip().splitlines()[0]}") from None
+
+
 def build_dpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, folder: RunFolder,
                       run_name: str, callbacks: list):
     """TRL's DPOTrainer with the run's options; the reference model is the base with adapters off."""
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(
+    args = trl_config(
+        DPOConfig,
         **trl_arguments(cfg, folder, run_name, has_eval=eval_dataset is not None),
         max_length=cfg.model.max_seq_length,
     )
@@ -288,8 +297,11 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
     from trl import GRPOConfig
 
     g = cfg.grpo
-    args = GRPOConfig(
-        **trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None),
+    common = trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None)
+    common["per_device_eval_batch_size"] = g.num_generations  # TRL checks it; evaluation is ours (pass@k)
+    args = trl_config(
+        GRPOConfig,
+        **common,
         entropy_coef=cfg.model.entropy_coef,
         num_generations=g.num_generations,
         temperature=g.temperature,

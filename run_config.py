@@ -88,7 +88,10 @@ class DataArguments:
     train_data: str | None = _opt(None, "Problems to train on (test-case paths).")
     eval_data: str | None = _opt(None, "Evaluation data; default: a held-out split of the training data.")
     eval_split: float = _opt(0.1, "Fraction held out for evaluation when --eval_data is not given.")
-    reward_model_path: str | None = _opt(None, "Trained reward model for --use_reward_model.")
+    reward_model_path: str | None = _opt(
+        None, "A reward model from train_reward_model.py: PPO's reward with --use_reward_model, a term of the "
+        "default path's reward with --reward_learned, one more score in reward_model.py score."
+    )
 
 
 @dataclass
@@ -306,7 +309,7 @@ class Config:
 
 def build_parser(
     sections: dict[str, type], prog: str | None = None, description: str | None = None,
-    default_config: Path = DEFAULT_CONFIG,
+    default_config: Path | None = DEFAULT_CONFIG,
 ):
     """transformers' HfArgumentParser over the sections, reporting errors as one line instead of usage text."""
     from transformers import HfArgumentParser  # here, so that importing the options stays light
@@ -319,28 +322,40 @@ def build_parser(
     dupes = {n for n in names if names.count(n) > 1}
     assert not dupes, f"option names defined twice: {dupes}"
     parser = Parser(list(sections.values()), prog=prog, description=description)
-    shown = default_config.relative_to(PROJECT_DIR) if default_config.is_relative_to(PROJECT_DIR) else default_config
-    parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {shown} beside the script).")
+    if default_config is None:
+        shown = "none"
+    else:
+        where = default_config.relative_to(PROJECT_DIR) if default_config.is_relative_to(PROJECT_DIR) else default_config
+        shown = f"{where} beside the script"
+    parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {shown}).")
     if "use_peft" in names:
         parser.add_argument("--no_peft", dest="use_peft", action="store_false", help="Full fine-tuning, no LoRA.")
     return parser
 
 
 def parse_config(
-    sections: dict[str, type], argv: list[str] | None = None, prog: str | None = None, description: str | None = None,
-    default_config: Path = DEFAULT_CONFIG,
+    sections: dict[str, type],
+    argv: list[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    default_config: Path | None = DEFAULT_CONFIG,
+    ignored_sections: tuple[str, ...] = (),
 ) -> Config:
-    """Parse defaults < config file (``default_config`` unless --config) < flags into a Config."""
+    """Parse defaults < config file < flags into a Config. A config file may hold ``ignored_sections`` that belong
+    to another command (a run's config.yaml given to the scorer, say)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(sections, prog, description, default_config)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    config_path = Path(known.config) if known.config else (default_config if default_config.is_file() else None)
-    if known.config and not config_path.is_file():
-        raise ConfigError(f"config file not found: {config_path}")
+    if known.config:
+        config_path: Path | None = Path(known.config)
+        if not config_path.is_file():
+            raise ConfigError(f"config file not found: {config_path}")
+    else:
+        config_path = default_config if default_config is not None and default_config.is_file() else None
     if config_path is not None:
-        parser.set_defaults(**_read_config_file(config_path, sections, parser))
+        parser.set_defaults(**_read_config_file(config_path, sections, parser, ignored_sections))
     namespace = parser.parse_args(argv)
     values = vars(namespace)
     values.pop("config", None)
@@ -350,7 +365,9 @@ def parse_config(
     return Config(built, source=config_path)
 
 
-def _read_config_file(path: Path, sections: dict[str, type], parser: argparse.ArgumentParser) -> dict[str, Any]:
+def _read_config_file(
+    path: Path, sections: dict[str, type], parser: argparse.ArgumentParser, ignored_sections: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Read a sectioned YAML file into parser defaults, converting each value with its flag's own type."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -365,6 +382,8 @@ def _read_config_file(path: Path, sections: dict[str, type], parser: argparse.Ar
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
     defaults: dict[str, Any] = {}
     for section, values in data.items():
+        if section in ignored_sections:
+            continue
         if section not in sections:
             raise ConfigError(f"{path}: unknown section '{section}' (known: {', '.join(sections)})")
         if values is None:

@@ -326,14 +326,12 @@ def test_case_reward(cfg: Config, problems: list):
     """The sandbox scorer, with the config's weights; with several processes each rank gets its share of workers."""
     import os
 
-    from reward_model import RewardWeights, TestCaseReward
+    from reward_model import TestCaseReward
 
     r = cfg.rewards
-    weights = RewardWeights(passed=r.reward_pass, partial=r.reward_partial, all_pass_bonus=r.reward_all_pass_bonus,
-                            time=r.reward_time)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = max(1, (r.workers or os.cpu_count() or 1) // local_ranks)
-    return TestCaseReward(problems, weights=weights, workers=workers, timeout=r.timeout)
+    return TestCaseReward(problems, weights=r, workers=workers, timeout=r.timeout)
 
 
 def composite_reward(cfg: Config, tests, problems: list = ()):
@@ -342,8 +340,7 @@ def composite_reward(cfg: Config, tests, problems: list = ()):
     learned = None
     if cfg.rewards.reward_learned:  # a reward model's score as one more term (--reward_model_path)
         learned = LearnedReward(cfg.data.reward_model_path, problems, max_length=cfg.model.max_seq_length)
-    return CompositeReward(tests, quality=cfg.quality, quality_weight=cfg.rewards.reward_quality, learned=learned,
-                           learned_weight=cfg.rewards.reward_learned)
+    return CompositeReward(tests, quality=cfg.quality, learned=learned)
 
 
 def evaluate_only(cfg: Config) -> RunFolder:

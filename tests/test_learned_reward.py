@@ -52,9 +52,11 @@ def test_inside_the_composite_reward(tiny_reward_model, problem_file):
     task = problems[0]
     answer = f"```python\n{task.reference}\n```"
     learned = LearnedReward(str(tiny_reward_model), problems)
-    with TestCaseReward(problems, workers=1) as tests:
+    from run_config import RewardArguments
+
+    with TestCaseReward(problems, weights=RewardArguments(reward_learned=0.5), workers=1) as tests:
         plain = CompositeReward(tests).score_samples([Sample(answer, task.task_id)])[0]
-        both = CompositeReward(tests, learned=learned, learned_weight=0.5).score_samples([Sample(answer, task.task_id)])[0]
+        both = CompositeReward(tests, learned=learned).score_samples([Sample(answer, task.task_id)])[0]
     score = learned.score_samples([Sample(answer, task.task_id)])[0].reward
     assert both.reward == pytest.approx(plain.reward + 0.5 * score, abs=1e-6)
     assert both.components["learned"] == pytest.approx(score) and plain.passed

@@ -64,9 +64,17 @@ def test_bad_inputs_are_one_clear_line(base, tmp_path, tiny_model):
     assert not (tmp_path / "out").exists(), "a failed start must write nothing"
 
 
-def test_paths_not_built_yet_say_so(tmp_path):
-    proc = cli(["--max_steps", "1"], tmp_path)
-    assert_one_line_error(proc, "not available yet")
+def test_every_path_is_built_and_ppo_asks_for_its_reward_model(tmp_path):
+    proc = cli(["--max_steps", "1", "--use_reward_model"], tmp_path)
+    assert_one_line_error(proc, "--use_reward_model needs --reward_model_path")
+
+
+def test_trl_option_checks_are_one_line(tiny_model, tmp_path):
+    proc = cli(["--test_case_rewards_only", "--base_model", str(tiny_model), "--batch_size", "3",
+                "--gradient_accumulation_steps", "1", "--num_generations", "4", "--output_dir", str(tmp_path / "o")],
+               tmp_path)
+    assert_one_line_error(proc, "GRPOConfig:", "divisible")
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_lists_the_flags(tmp_path):
