@@ -668,8 +668,8 @@ class PPOTrainer:
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
         self.policy = policy
-        self.parameters = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        optimizer = torch.optim.AdamW(self.parameters, lr=args.learning_rate, eps=1e-5)
+        self.trainable = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        optimizer = torch.optim.AdamW(self.trainable, lr=args.learning_rate, eps=1e-5)
         self.policy, self.value_head, self.optimizer = self.accelerator.prepare(policy, self.value_head, optimizer)
         self.scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
                                        num_training_steps=args.max_steps)
@@ -712,8 +712,8 @@ class PPOTrainer:
             rows = self._rows_for_step(self.state.global_step)
             stats = self.step(rows)
             self.state.global_step += 1
-            self._callback("on_step_end")
             self.state.epoch = self.state.global_step * args.rollout_size / len(self.train_rows)
+            self._callback("on_step_end")
             step = self.state.global_step
             if step % args.logging_steps == 0 or step == args.max_steps:
                 self._log(stats)
@@ -747,7 +747,7 @@ class PPOTrainer:
                 for micro in mini.split(args.batch_size):
                     for key, value in self._train_micro_batch(batch, micro).items():
                         logged.setdefault(key, []).append(value)
-                grad_norm = self.accelerator.clip_grad_norm_(self.parameters, args.max_grad_norm)
+                grad_norm = self.accelerator.clip_grad_norm_(self.trainable, args.max_grad_norm)
                 logged.setdefault("grad_norm", []).append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -780,12 +780,10 @@ class PPOTrainer:
         from trl.trainer.utils import selective_log_softmax
 
         logprobs = selective_log_softmax(logits, response)
+        old = {k: batch[k][idx][:, :mask.shape[1]].to(mask.device) for k in ("logprobs", "advantages", "values", "returns")}
         pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
-            logprobs, batch["logprobs"][idx][:, :mask.shape[1]], batch["advantages"][idx][:, :mask.shape[1]], mask,
-            args.cliprange)
-        vf_loss, vf_clip_fraction = clipped_value_loss(
-            values, batch["values"][idx][:, :mask.shape[1]], batch["returns"][idx][:, :mask.shape[1]], mask,
-            args.cliprange_value)
+            logprobs, old["logprobs"], old["advantages"], mask, args.cliprange)
+        vf_loss, vf_clip_fraction = clipped_value_loss(values, old["values"], old["returns"], mask, args.cliprange_value)
         entropy = masked_mean(entropy_from_logits(logits), mask)
         loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * entropy
         self.accelerator.backward(loss / args.gradient_accumulation_steps)
@@ -874,7 +872,7 @@ class PPOTrainer:
                 width = batch["response"].shape[1]
                 for key, value in (("logprobs", self._logprobs(logits, response)),
                                    ("ref_logprobs", self._logprobs(ref_logits, response)), ("values", values)):
-                    parts[key].append(torch.nn.functional.pad(value * mask, (0, width - value.shape[1])))
+                    parts[key].append(torch.nn.functional.pad(value * mask, (0, width - value.shape[1])).cpu())
         batch.update({k: torch.cat(v) for k, v in parts.items()})
         return batch
 

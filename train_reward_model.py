@@ -58,8 +58,13 @@ def reward_pairs(cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any], A
         print(mining.summary(mined[1]))
         rows += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in mined[0]]
         counts[cfg.mining.mine_pairs_from] = {"format": "mined", "pairs": len(mined[0])}
-    if d.eval_data:
-        eval_rows = load_pairs(d.eval_data, d.data_format, cfg)[1]
+    from train_rl import SHIPPED_PREFERENCES, SHIPPED_PREFERENCES_EVAL
+
+    eval_data = d.eval_data
+    if not eval_data and d.data_path and Path(d.data_path).resolve() == SHIPPED_PREFERENCES.resolve():
+        eval_data = str(SHIPPED_PREFERENCES_EVAL)  # the shipped pairs come with their held-out prompts
+    if eval_data:
+        eval_rows = load_pairs(eval_data, d.data_format, cfg)[1]
         train_rows = rows
     else:
         if not 0 <= d.eval_split < 1:
