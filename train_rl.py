@@ -182,9 +182,11 @@ def test_case_reward(cfg: Config, problems: list):
     """The sandbox scorer, with the config's weights; with several processes each rank gets its share of workers."""
     import os
 
+    from problems import configure_executors
     from reward_model import RewardWeights, TestCaseReward
 
     r = cfg.rewards
+    configure_executors(q_binary=r.q_binary)  # Q problems: the TestCaseReward below stops at start without q
     weights = RewardWeights(passed=r.reward_pass, partial=r.reward_partial, all_pass_bonus=r.reward_all_pass_bonus,
                             time=r.reward_time)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
