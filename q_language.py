@@ -509,13 +509,16 @@ def main_script(test: ScriptTest | None = None, exprs: Sequence[str] = ()) -> st
     return "\n".join([*lines, "exit 0", ""])
 
 
-def show_script(result_file: str = RESULT_FILE) -> str:
-    """The judge process for MSML: print the saved value with ``show``, between markers."""
-    return "\n".join([f"qrlR:get `:{result_file}", f'-1 "{BEGIN}";', "show qrlR;", f'-1 "{END}";', "exit 0", ""])
+def show_script(have_result: bool = True) -> str:
+    """The judge process for MSML: print the saved value with ``show``, between markers. It runs even when there is
+    no value, as a check that q itself runs in the sandbox (no first marker: q is broken here, not the program)."""
+    lines = [f'-1 "{BEGIN}";', *([f"show get `:{RESULT_FILE};"] if have_result else []), f'-1 "{END}";']
+    return "\n".join([*lines, "exit 0", ""])
 
 
 def match_script(checks: Sequence[tuple[int, str]]) -> str:
-    """The judge process for q-expr: for test i, whether the saved value matches the expected q value."""
+    """The judge process for q-expr: for test i, whether the saved value matches the expected q value (it runs, as
+    a check that q runs, even when there is nothing to compare)."""
     lines = [f'-1 "{BEGIN}";']
     for i, expected in checks:
         lines.append(f'-1 "qrl {i} ",@[{{$[(get x 0)~value x 1;"pass";"fail"]}};(`:qrl_r{i};{q_string(expected)});'
@@ -523,14 +526,13 @@ def match_script(checks: Sequence[tuple[int, str]]) -> str:
     return "\n".join([*lines, f'-1 "{END}";', "exit 0", ""])
 
 
-def between_markers(text: str) -> str | None:
+def between_markers(text: str) -> tuple[bool, str | None]:
+    """(whether the judge started, the text between its markers, None if it stopped before the second)."""
     lines = text.replace("\r\n", "\n").split("\n")
     if BEGIN not in lines:
-        return None
+        return False, None
     rest = lines[lines.index(BEGIN) + 1 :]
-    if END not in rest:
-        return None
-    return "\n".join(rest[: rest.index(END)])
+    return True, "\n".join(rest[: rest.index(END)]) if END in rest else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -731,19 +733,20 @@ def _run(public: dict, report: harness._Report) -> None:
     if "tests" in public:
         _judge_expressions(public, private, env, work, report)
         return
-    result = os.path.join(work, RESULT_FILE)
-    if not _regular(result):
-        report.send(e="no_result", code=code)
-        return
-    out = _run_judge(public["q"], show_script(), env, work, public["reply_limit"])
+    have_result = _regular(os.path.join(work, RESULT_FILE))
+    out = _run_judge(public["q"], show_script(have_result), env, work, public["reply_limit"])
     if out is None:
         report.send(e="output_limit")
         return
-    shown = between_markers(out[0])
-    if shown is None:
-        report.send(e="unreadable", msg=(out[1].strip() or "q printed nothing")[-300:])
-        return
-    report.send(e="shown", text=shown)
+    started, shown = between_markers(out[0])
+    if not started:
+        report.send(e="infra", msg=f"q does not run inside the sandbox: {_said(out[1])}")
+    elif not have_result:
+        report.send(e="no_result", code=code)
+    elif shown is None:
+        report.send(e="unreadable", msg=_said(out[1]))
+    else:
+        report.send(e="shown", text=shown)
 
 
 def _judge_expressions(public: dict, private: dict, env: dict, work: str, report: harness._Report) -> None:
@@ -757,10 +760,11 @@ def _judge_expressions(public: dict, private: dict, env: dict, work: str, report
             report.send(e="test", i=i, r="error", msg=f"'{message}")
         else:
             report.send(e="test", i=i, r="missing")
-    if not checks:
-        return
     out = _run_judge(public["q"], match_script(checks), env, work, 1 << 20)
-    answers = between_markers(out[0]) if out is not None else None
+    started, answers = between_markers(out[0]) if out is not None else (True, None)
+    if not started:
+        report.send(e="infra", msg=f"q does not run inside the sandbox: {_said(out[1] if out else '')}")
+        return
     seen: set[int] = set()
     for line in (answers or "").split("\n"):
         m = re.fullmatch(r"qrl (\d+) (pass|fail|error)(?: (.*))?", line)
@@ -795,6 +799,10 @@ def _run_judge(binary: str, script: str, env: dict, work: str, limit: int) -> tu
 
 # each q process leads a process group of its own (not a session: a session costs a scheduler autogroup)
 _OWN_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
+def _said(stderr: str) -> str:
+    return (stderr.strip() or "q printed nothing")[-300:]
 
 
 def _kill_the_rest(group: int) -> None:

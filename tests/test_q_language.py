@@ -314,10 +314,10 @@ def test_limits_hold_for_q(use_standin: Path, sum_problem: problems.Problem, box
     s = scorer([sum_problem], box, timeout=1.0)
     start = time.monotonic()
     loop = score_one(s, sum_problem, "solve:{while[1b;]}")
-    assert loop.status == "timeout" and time.monotonic() - start < 60
+    assert loop.status == "timeout" and time.monotonic() - start < 60, loop
     flood = score_one(s, sum_problem, 'solve:{while[1b;-1 "flood"]}')
-    assert flood.status == "output_limit"
-    assert not wait_until_idle(box)
+    assert flood.status == "output_limit", flood
+    assert not wait_until_idle(box, 10)
 
 
 def test_left_behind_processes_die_before_the_judge(use_standin: Path, box: Sandbox, tmp_path: Path) -> None:
@@ -330,7 +330,7 @@ def test_left_behind_processes_die_before_the_judge(use_standin: Path, box: Sand
     assert time.monotonic() - start < 15
     if box.isolation.pid_namespace:
         assert result.status == "passed", result.detail
-    assert not wait_until_idle(box)
+    assert not wait_until_idle(box, 10)
 
 
 def test_parallel_runs_and_cache(use_standin: Path, sum_problem: problems.Problem, box: Sandbox) -> None:
@@ -359,6 +359,25 @@ def test_qhome_is_honoured_and_visible_in_the_sandbox(standin: Path, shared_dir:
         assert result.status == "passed", result.detail
     finally:
         problems.configure_executors(q_binary=None)
+
+
+def test_q_that_fails_inside_the_sandbox_is_not_scored(standin: Path, shared_dir: Path, box: Sandbox,
+                                                       sum_problem: problems.Problem) -> None:  # fmt: skip
+    """A q that runs at the start-up check but not in the sandbox (as a licence that must reach the network would):
+    every run is an infra_error, which gives no reward, never a zero for the program."""
+    picky = shared_dir / "picky" / "q"
+    picky.parent.mkdir(exist_ok=True)
+    picky.write_text(f'#!/bin/sh\nif [ "$HOME" = "$(pwd)" ]; then echo "\'licence: no network" >&2; exit 1; fi\n'
+                     f'exec {standin} "$@"\n')  # fmt: skip
+    picky.chmod(0o755)
+    picky.parent.chmod(0o755)
+    problems.configure_executors(q_binary=str(picky))
+    try:
+        (result,) = scorer([sum_problem], box).score([(sum_problem, "solve:{sum x}")])
+    finally:
+        problems.configure_executors(q_binary=None)
+    assert (result.status, result.reward) == ("infra_error", None)
+    assert "q does not run inside the sandbox: 'licence: no network" in result.detail
 
 
 # ------------------------------------------------------------------------------------------------ q expressions
