@@ -357,23 +357,26 @@ def _check_reachable(install: QInstall) -> None:
 
 
 def smoke_test(install: QInstall, timeout: float = 60.0) -> None:
-    """Run q once on a one-line script, outside the sandbox; raise UserError with what it said if it does not work
-    (a missing licence shows here, before any training)."""
+    """Run q once on a two-line script, outside the sandbox but with the environment the sandbox gives it (no HOME to
+    fall back on for QHOME); raise UserError with what q said if it does not work: a missing licence, or a q.k it
+    cannot find (``show`` comes from q.k), shows here, before any training."""
     with tempfile.TemporaryDirectory(prefix="qrl-q-check-") as folder:
         script = os.path.join(folder, "check.q")
         with open(script, "w", encoding="utf-8") as f:
-            f.write('-1 "qrl-ok";\nexit 0\n')
-        env = {**os.environ, **install.env()}
+            f.write('-1 "qrl-ok";\nshow 1 2 3;\nexit 0\n')
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": folder, "TMPDIR": folder, "LANG": "C.UTF-8",
+               **install.env()}  # fmt: skip
         try:
             done = subprocess.run([install.binary, script, "-q"], stdin=subprocess.DEVNULL, capture_output=True,
                                   env=env, cwd=folder, timeout=timeout, check=False)  # fmt: skip
         except subprocess.TimeoutExpired:
-            raise UserError(f"q at {install.binary} did not finish a one-line script in {timeout:g}s") from None
+            raise UserError(f"q at {install.binary} did not finish a two-line script in {timeout:g}s") from None
         except OSError as e:
             raise UserError(f"q at {install.binary} does not start: {e.strerror}") from None
-    if "qrl-ok" not in done.stdout.decode(errors="replace").split():
+    lines = [line.strip() for line in done.stdout.decode(errors="replace").splitlines()]
+    if not any(lines[i : i + 2] == ["qrl-ok", "1 2 3"] for i in range(len(lines))):
         said = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        raise UserError(f"q at {install.binary} does not run a one-line script (exit code {done.returncode}): "
+        raise UserError(f"q at {install.binary} does not run a two-line script (exit code {done.returncode}): "
                         f"{said[0][:200] if said else 'no output'}")  # fmt: skip
 
 

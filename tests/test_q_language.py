@@ -246,6 +246,14 @@ def test_missing_q_fails_at_start_in_one_line(sum_problem: problems.Problem, tmp
     TestCaseReward([python], workers=1).close()  # Python problems need no q
 
 
+def test_q_without_its_q_k_fails_at_start(use_standin: Path, sum_problem: problems.Problem, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("QHOME", "/var/tmp/qrl-no-such-qhome")
+    problems.EXECUTORS["q"]._checked.clear()
+    with pytest.raises(UserError, match=r"does not run a two-line script \(exit code 1\): 'q.k"):
+        TestCaseReward([sum_problem], workers=1)
+
+
 def test_broken_q_fails_at_start(sum_problem: problems.Problem, tmp_path: Path) -> None:
     broken = tmp_path / "bin" / "q"
     broken.parent.mkdir()
@@ -259,7 +267,7 @@ def test_broken_q_fails_at_start(sum_problem: problems.Problem, tmp_path: Path) 
         try:
             shutil.copy(broken, outside / "q")
             problems.configure_executors(q_binary=str(outside / "q"))
-            with pytest.raises(UserError, match=r"does not run a one-line script \(exit code 1\): 'k4.lic"):
+            with pytest.raises(UserError, match=r"does not run a two-line script \(exit code 1\): 'k4.lic"):
                 TestCaseReward([sum_problem], workers=1)
         finally:
             shutil.rmtree(outside)
@@ -367,8 +375,8 @@ def test_q_that_fails_inside_the_sandbox_is_not_scored(standin: Path, shared_dir
     every run is an infra_error, which gives no reward, never a zero for the program."""
     picky = shared_dir / "picky" / "q"
     picky.parent.mkdir(exist_ok=True)
-    picky.write_text(f'#!/bin/sh\nif [ "$HOME" = "$(pwd)" ]; then echo "\'licence: no network" >&2; exit 1; fi\n'
-                     f'exec {standin} "$@"\n')  # fmt: skip
+    picky.write_text("#!/bin/sh\ncase \"$(pwd)\" in /tmp|/tmp/qrl-sandbox-*) echo \"'licence: no network\" >&2; "
+                     f'exit 1;; esac\nexec {standin} "$@"\n')  # the sandbox's working folders  # fmt: skip
     picky.chmod(0o755)
     picky.parent.chmod(0o755)
     problems.configure_executors(q_binary=str(picky))
