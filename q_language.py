@@ -551,7 +551,7 @@ class QExecutor:
 
     def __init__(self) -> None:
         self.q_binary: str | None = None
-        self._checked: set[str] = set()
+        self._checked: set[QInstall | str] = set()
 
     def configure(self, q_binary: str | None = None, **_options: Any) -> None:
         self.q_binary = q_binary or None
@@ -573,10 +573,10 @@ class QExecutor:
     def check(self, problems_: Sequence[Problem]) -> None:
         if any(p.source_format != "q-humaneval" for p in problems_):
             install = self.install()
-            if install.binary not in self._checked:
+            if install not in self._checked:  # once per interpreter and QHOME/QLIC
                 _check_reachable(install)
                 smoke_test(install)
-                self._checked.add(install.binary)
+                self._checked.add(install)
         if any(p.source_format == "q-humaneval" for p in problems_) and "pykx" not in self._checked:
             check_pykx()
             self._checked.add("pykx")

@@ -249,7 +249,6 @@ def test_missing_q_fails_at_start_in_one_line(sum_problem: problems.Problem, tmp
 def test_q_without_its_q_k_fails_at_start(use_standin: Path, sum_problem: problems.Problem, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("QHOME", "/var/tmp/qrl-no-such-qhome")
-    problems.EXECUTORS["q"]._checked.clear()
     with pytest.raises(UserError, match=r"does not run a two-line script \(exit code 1\): 'q.k"):
         TestCaseReward([sum_problem], workers=1)
 
