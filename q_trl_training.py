@@ -197,7 +197,8 @@ def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     completion-style problems (HumanEval prompts that the answer continues)."""
     if problem.completion_joins_prompt or not tokenizer.chat_template:
         return problem.prompt
-    instruction = INSTRUCTIONS.get(problem.language, "").format(entry_point=problem.entry_point or "solve")
+    entry_point = getattr(problem, "entry_point", None) or "solve"  # Q-HumanEval names its own function
+    instruction = INSTRUCTIONS.get(problem.language, "").format(entry_point=entry_point)
     return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]
 
 
