@@ -258,8 +258,10 @@ def strip_prose(text: str, entry_point: str | None) -> str:
         inline = re.search(rf"(?<![.\w]){re.escape(entry_point)}\s*:\s*\{{", text) if entry_point else None
         if inline is None:
             return text.strip()
-        lines = text[inline.start() :].splitlines()  # "Here it is: solve:{...}" on one line
-        start = 0
+        end = _closing(text, text.index("{", inline.start()))  # "Here it is: solve:{...}, which ..."
+        if end is not None:
+            return text[inline.start() : end].strip() + "\n"
+        lines, start = text[inline.start() :].splitlines(), 0
     first = start
     while first > 0 and (_DEFINITION.match(lines[first - 1]) or _COMMENT.match(lines[first - 1])):
         first -= 1
@@ -274,6 +276,28 @@ def strip_prose(text: str, entry_point: str | None) -> str:
     code = lines[first:end]
     code[start - first] = code[start - first].rstrip()
     return "\n".join(code).rstrip() + "\n"
+
+
+def _closing(text: str, opening: int) -> int | None:
+    """Where the bracket at ``opening`` is closed (the index after it), outside strings; None if it is not."""
+    depth, in_string, i = 0, False, opening
+    while i < len(text):
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
 
 
 def _depth_change(line: str) -> int:
@@ -346,11 +370,11 @@ def find_q(q_binary: str | None = None, environ: dict[str, str] | None = None) -
 
 def _check_reachable(install: QInstall) -> None:
     """The programs run as an unprivileged user with a private /tmp: q must be where they can reach it."""
-    tmp = os.path.realpath(tempfile.gettempdir())
     for what, path in (("q", install.binary), ("QHOME", install.qhome), ("QLIC", install.qlic)):
-        if path and (os.path.realpath(path) + os.sep).startswith(tmp + os.sep):
-            raise UserError(f"{what} at {path} lies under {tmp}, which the sandbox replaces with a private folder for "
-                            "each program: install q elsewhere")  # fmt: skip
+        for private in ("/tmp", "/dev/shm"):
+            if path and (os.path.realpath(path) + os.sep).startswith(os.path.realpath(private) + os.sep):
+                raise UserError(f"{what} at {path} lies under {private}, which the sandbox replaces with a private "
+                                "folder for each program: install q elsewhere")  # fmt: skip
     if os.geteuid() == 0 and not os.stat(install.binary).st_mode & stat.S_IXOTH:
         raise UserError(f"q at {install.binary} is not executable by other users, as the sandboxed programs are: "
                         f"chmod o+rx {install.binary}")  # fmt: skip
@@ -552,12 +576,17 @@ class QExecutor:
     def __init__(self) -> None:
         self.q_binary: str | None = None
         self._checked: set[QInstall | str] = set()
+        self._found: dict[tuple, QInstall] = {}
 
     def configure(self, q_binary: str | None = None, **_options: Any) -> None:
         self.q_binary = q_binary or None
 
     def install(self) -> QInstall:
-        return find_q(self.q_binary)
+        """The q to run (UserError if there is none), looked up again only when the option or environment changes."""
+        key = (self.q_binary, *(os.environ.get(k) for k in ("PATH", "QHOME", "QLIC", "HOME")))
+        if key not in self._found:
+            self._found = {key: find_q(self.q_binary)}
+        return self._found[key]
 
     def sandbox_paths(self) -> list[str]:
         folders: set[str] = set()

@@ -197,14 +197,25 @@ def test_q_humaneval_loads(tmp_path: Path) -> None:
         ("```q\nshow 1\n```\n```q\nsq:{x*x}\nsolve:{sum sq x}\n```", "sq:{x*x}\nsolve:{sum sq x}\n"),
         ("Here is my answer:\nsolve:{[x]\n  s:sum x;\n  s}\nIt sums the list.", "solve:{[x]\n  s:sum x;\n  s}\n"),
         ("Use a helper.\n/ squares\nsq:{x*x}\nsolve:{sum sq x}\n\nThat is all.", "/ squares\nsq:{x*x}\nsolve:{sum sq x}\n"),
-        ("The answer is solve:{sum x} which sums.", "solve:{sum x} which sums.\n"),
+        ("The answer is solve:{sum x} which sums.", "solve:{sum x}\n"),
+        ('Try solve:{x where x like "*}*"}.', 'solve:{x where x like "*}*"}\n'),
         ("solve:{sum x}", "solve:{sum x}\n"),
         ("```bash\nq\n```", ""),
     ],
-    ids=["q", "k", "kdb", "defines-entry", "prose", "helpers", "inline", "bare", "other-language"],
+    ids=["q", "k", "kdb", "defines-entry", "prose", "helpers", "inline", "inline-string", "bare", "other-language"],
 )
 def test_q_code_extraction(answer: str, code: str) -> None:
     assert problems.extract_code(answer, "q", "solve") == code
+
+
+def test_the_prompt_names_the_function_to_write(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from q_trl_training import build_prompt
+
+    chat = SimpleNamespace(chat_template="{{ messages }}")
+    (content,) = (m["content"] for m in build_prompt(q_humaneval(tmp_path), chat))
+    assert content.endswith("Answer with the q definition of `max_element` in one ```q code block.")
 
 
 # ------------------------------------------------------------------------------------------------ finding q
