@@ -47,6 +47,7 @@ import harness
 import problems
 from data_loading import DataError, Record, UserError, require_fields
 from problems import Job, Problem, Submission, Verdict
+from sandbox import UID_BASE
 
 Q_NOT_FOUND = "q interpreter not found: install kdb+ and put q on PATH, or pass --q_binary"
 PROGRAM_FILE = "qrl_program.q"  # the program under test, in the sandbox's working folder
@@ -839,9 +840,9 @@ def _said(stderr: str) -> str:
 
 def _kill_the_rest(group: int) -> None:
     """Kill every process the q process left behind. As pid 1 of the run's pid namespace, that is every other
-    process in it; without a pid namespace, its process group (a process that left the group can outlive it here,
-    until the sandbox sweeps after the run)."""
-    if os.getpid() == 1:
+    process in it; with a uid of its own (root without namespaces), every other process of that uid; otherwise its
+    process group (a process that left the group can outlive it here, until the sandbox sweeps after the run)."""
+    if os.getpid() == 1 or _uid_of_its_own():
         try:
             os.kill(-1, signal.SIGKILL)  # never the caller itself
         except ProcessLookupError:
@@ -857,6 +858,18 @@ def _kill_the_rest(group: int) -> None:
         os.killpg(group, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _uid_of_its_own() -> bool:
+    """Whether the sandbox gave this run a uid of its own: dropped from root (the server, its parent, is root) to
+    one of the sandbox's uids. Only then may ``kill(-1)`` be used without a pid namespace."""
+    if os.getuid() < UID_BASE:
+        return False
+    try:
+        with open(f"/proc/{os.getppid()}/status") as f:
+            return any(line.split()[1:2] == ["0"] for line in f if line.startswith("Uid:"))
+    except OSError:
+        return False
 
 
 def _regular(path: str) -> bool:

@@ -98,15 +98,13 @@ def _qhome(*_):
 
 
 def _daemon(*_):
-    # leaves a process behind that would overwrite the saved result with 99 and print, for 20 seconds
-    code = ("import json, os, sys, time\n"
-            "for _ in range(200):\n"
-            "    time.sleep(0.1)\n"
-            "    try:\n"
+    # leaves a process behind that, for 20 seconds, waits for the judge to start and then overwrites the saved value
+    code = ("import json, os, time\n"
+            "for _ in range(4000):\n"
+            "    time.sleep(0.005)\n"
+            "    if any(f.startswith('qrl_judge_') for f in os.listdir('.')):\n"
             "        open('qrl_result', 'w').write(json.dumps(['j', 99]))\n"
-            "    except OSError:\n"
-            "        pass\n"
-            "    print('99', flush=True)\n")
+            "        print('99', flush=True)\n")
     subprocess.Popen([sys.executable, "-I", "-c", code], start_new_session=True, stdin=subprocess.DEVNULL)
     return ("j", 6)
 

@@ -107,7 +107,7 @@ def test_q_folders_load_with_matching_files(q_problems: list[problems.Problem]) 
             assert (folder / f"q_exact_ans_test_case_{n}.txt").read_text().strip(), f"{folder}: answer {n} is empty"
     for p in q_problems:
         assert p.language == "q" and p.source_format == "msml" and p.entry_point == "solve"
-        assert p.reference and re.search(r"^solve\s*:", p.reference, re.M)
+        assert p.reference and re.search(r"^solve\s*:", p.reference, re.MULTILINE)
         assert "`solve`" in p.prompt
 
 

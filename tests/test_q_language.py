@@ -338,17 +338,24 @@ def test_limits_hold_for_q(use_standin: Path, sum_problem: problems.Problem, box
     assert not wait_until_idle(box, 10)
 
 
-def test_left_behind_processes_die_before_the_judge(use_standin: Path, box: Sandbox, tmp_path: Path) -> None:
-    """The program leaves a process that keeps overwriting the saved value (with 99) for 20 s: with a pid namespace
-    it is killed before the judge reads the value, and it never outlives the run."""
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "no-namespaces"])
+def test_left_behind_processes_die_before_the_judge(use_standin: Path, box: Sandbox, shared_dir: Path,
+                                                    tmp_path: Path, namespaces: bool) -> None:  # fmt: skip
+    """The program leaves a process that waits for the judge to start, then overwrites the saved value (with 99):
+    with a pid namespace, or a uid of its own, it is dead before the judge starts; it never outlives the run."""
     msml_folder(tmp_path / "q", "six", [("1", "6"), ("2", "6"), ("3", "6")])
     (problem,) = problems.load_problems(tmp_path / "q")
-    start = time.monotonic()
-    result = score_one(scorer([problem], box), problem, "solve:{.qrl.daemon[]}")
-    assert time.monotonic() - start < 15
-    if box.isolation.pid_namespace:
-        assert result.status == "passed", result.detail
-    assert not wait_until_idle(box, 10)
+    sandbox = box if namespaces else Sandbox(2, preload=["q_language"], namespaces=False, expose=[str(shared_dir)])
+    try:
+        start = time.monotonic()
+        result = score_one(scorer([problem], sandbox), problem, "solve:{.qrl.daemon[]}")
+        assert time.monotonic() - start < 15
+        if sandbox.isolation.pid_namespace or sandbox.isolation.separate_uid:
+            assert result.status == "passed", result.detail
+        assert not wait_until_idle(sandbox, 10)
+    finally:
+        if sandbox is not box:
+            sandbox.close()
 
 
 def test_parallel_runs_and_cache(use_standin: Path, sum_problem: problems.Problem, box: Sandbox) -> None:
