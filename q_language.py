@@ -513,7 +513,8 @@ def pykx_program(code: str, entry_point: str) -> str:
 
 
 def q_string(text: str) -> str:
-    """A q string literal for ``text``."""
+    """A q string (char vector) literal for ``text``. One character in quotes is a char atom in q, not a string,
+    so that one is enlisted."""
     escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
     out = []
     for c in text:
@@ -523,7 +524,8 @@ def q_string(text: str) -> str:
             out.append(f"\\{ord(c):03o}")
         else:
             out.append(c)
-    return '"' + "".join(out) + '"'
+    literal = '"' + "".join(out) + '"'
+    return f"(enlist {literal})" if len(text) == 1 else literal
 
 
 def main_script(test: ScriptTest | None = None, exprs: Sequence[str] = ()) -> str:

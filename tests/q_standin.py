@@ -222,6 +222,7 @@ def unescape(body):
 
 
 NUMBER = r"-?\d+(?:\.\d*)?(?:e-?\d+)?[jf]?"
+STRING = r'"(?:[^"\\]|\\.)*"|\(enlist "(?:[^"\\]|\\.)"\)'  # a q string literal, as q_language.q_string writes
 
 
 def literal(text):
@@ -273,19 +274,19 @@ class Q:
             return
         if line.startswith("\\d"):
             return
-        m = re.fullmatch(r'@\[\{`:(\S+?) set value x\};("(?:[^"\\]|\\.)*");\{`:(\S+?) 0: enlist x\}\]', line)
+        m = re.fullmatch(rf'@\[\{{`:(\S+?) set value x\}};({STRING});\{{`:(\S+?) 0: enlist x\}}\]', line)
         if m:  # the trapped expression of q_language.main_script
             try:
-                save(m[1], self.eval(unescape(m[2][1:-1])))
+                save(m[1], self.value(m[2]))
             except QError as e:
                 with open(m[3], "w") as f:
                     f.write(str(e) + "\n")
             return
         m = re.fullmatch(r'-1 "qrl (\d+) ",@\[\{\$\[\(get x 0\)~value x 1;"pass";"fail"\]\};\(`:(\S+?);'
-                         r'("(?:[^"\\]|\\.)*")\);\{"error ",x\}\];?', line)
+                         rf'({STRING})\);\{{"error ",x\}}\];?', line)
         if m:  # the comparison of q_language.match_script
             try:
-                word = "pass" if load(m[2]) == self.eval(unescape(m[3][1:-1])) else "fail"
+                word = "pass" if load(m[2]) == self.value(m[3]) else "fail"
             except QError as e:
                 word = "error " + str(e)
             print(f"qrl {m[1]} {word}", flush=True)
@@ -293,6 +294,15 @@ class Q:
         for statement in split_top(line):
             if statement.strip():
                 self.statement(statement.strip())
+
+    def value(self, literal):
+        """q's ``value`` of a string literal: a string (char vector) is evaluated; a char atom (one character in
+        quotes) is not a string, and comes back as it is."""
+        m = re.fullmatch(r'\(enlist ("(?:[^"\\]|\\.)")\)', literal)
+        if m:
+            return self.eval(unescape(m[1][1:-1]))
+        text = unescape(literal[1:-1])
+        return ("c", text) if len(text) == 1 else self.eval(text)
 
     def statement(self, s):
         m = re.fullmatch(r"exit\s+(\d+)", s)

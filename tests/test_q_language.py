@@ -185,6 +185,21 @@ def test_q_humaneval_loads(tmp_path: Path) -> None:
     assert second.tests[1].expected == [0, 1]  # tuples compare as lists: q lists come back as lists
 
 
+def test_generated_q_scripts() -> None:
+    """The q text the executor writes: what the stand-in (and real q) must understand."""
+    assert q_language.q_string("6") == '(enlist "6")'  # "6" alone would be a char atom, which value does not run
+    assert q_language.q_string('say "hi"\\\n') == '"say \\"hi\\"\\\\\\n"'
+    test = q_language.ScriptTest("result:solve[1 2]; show result;\n", "3\n")
+    assert q_language.main_script(test=test) == (
+        "\\l qrl_program.q\n\\d .\nresult:solve[1 2];\n`:qrl_result set result\nexit 0\n")
+    assert q_language.main_script(exprs=["f[1]"]).splitlines()[2] == (
+        '@[{`:qrl_r0 set value x};"f[1]";{`:qrl_e0 0: enlist x}]')
+    assert q_language.show_script().splitlines() == [
+        '-1 "qrl-judge-begin";', "show get `:qrl_result;", '-1 "qrl-judge-end";', "exit 0"]
+    assert q_language.match_script([(2, "6")]).splitlines()[1] == (
+        '-1 "qrl 2 ",@[{$[(get x 0)~value x 1;"pass";"fail"]};(`:qrl_r2;(enlist "6"));{"error ",x}];')
+
+
 # ------------------------------------------------------------------------------------------------ code extraction
 
 
@@ -410,7 +425,7 @@ def test_q_that_fails_inside_the_sandbox_is_not_scored(standin: Path, shared_dir
 
 def test_q_expression_verdicts(use_standin: Path, box: Sandbox) -> None:
     problem = expr_problem([("solve[1;2]", "3"), ("solve[1 2;3 4]", "(4;6)"), ("solve[10;-10]", "0"),
-                            ("solve[1;2]", "3.0")])  # fmt: skip
+                            ("solve[1;2]", "3.0")])  # "0": one character, still evaluated as q  # fmt: skip
     s = scorer([problem], box)
     result = score_one(s, problem, "```q\nsolve:{[x;y] x+y}\n```")
     # (4;6) is the long vector 4 6 in q: it matches although the text differs; 3.0 is a float: no match with 3
