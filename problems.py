@@ -157,8 +157,8 @@ def load_problems(path: str | Path, format: str | None = None) -> list[Problem]:
         raise UserError(f"unknown problem format {format!r} (use one of {', '.join(FORMATS)})")
     path = Path(path)
     found = _load_folder(path, format)
-    if found is None:
-        found = [parse_problem(record, format) for file in _data_files(path) for record in read_records(file)]
+    if found is None or (format is None and _data_files(path, required=False)):  # a folder holds all it holds
+        found = (found or []) + [parse_problem(r, format) for file in _data_files(path) for r in read_records(file)]
     problems, seen = [], {}
     for problem in found:
         if problem.task_id in seen:
@@ -182,7 +182,7 @@ def _load_folder(path: Path, format: str | None) -> list[Problem] | None:
     return None
 
 
-def _data_files(path: Path) -> list[Path]:
+def _data_files(path: Path, required: bool = True) -> list[Path]:
     if not path.is_dir() or any(
         (path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")
     ):
@@ -190,7 +190,7 @@ def _data_files(path: Path) -> list[Path]:
     files = sorted(
         p for p in path.rglob("*") if p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".parquet")
     )
-    if not files:
+    if not files and required:
         raise DataError(f"{path}: no .jsonl, .json or .parquet files in this folder")
     return files
 

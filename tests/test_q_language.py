@@ -117,6 +117,10 @@ def test_msml_folder_loads(tmp_path: Path) -> None:
     assert p.tests[0].prefix == "result:solve[1 2 3]; "
     assert loaded["q/add_more"].split == "eval" and loaded["q/add_more"].reference is None
     assert problems.load_problems(tmp_path / "q" / "eval", format="msml")[0].task_id == "q/add_more"
+    (tmp_path / "q" / "more.jsonl").write_text(json.dumps({"task_id": "qx/1", "language": "q", "prompt": "p",
+                                                            "tests": [{"expr": "f[]", "expected": "1"}]}) + "\n")
+    assert len(problems.load_problems(tmp_path / "q")) == 3  # a folder's MSML problems and its data files
+    assert len(problems.load_problems(tmp_path / "q", format="msml")) == 2
 
 
 @pytest.mark.parametrize(
