@@ -667,8 +667,8 @@ def _judge_scripts(problem: Problem, outcomes: Sequence[problems.RunOutcome], cp
             return Verdict("infra_error", passed, total, cpu, wall, f"{case}: {events['infra'].get('msg')}")
         if "output_limit" in events:
             return Verdict("output_limit", passed, total, cpu, wall, f"{case}: `show result` printed too much")
-        if "done" not in events:
-            return Verdict("infra_error", passed, total, cpu, wall, f"{case}: the q runner ended early")
+        if "done" not in events:  # the runner reports even its own failures: something killed it (the program)
+            return Verdict("runtime_error", passed, total, cpu, wall, f"{case}: the run ended before the test was done")
         shown = events.get("shown", {}).get("text")
         if not isinstance(shown, str):
             errors += 1
@@ -694,8 +694,8 @@ def _judge_exprs(problem: Problem, outcome: problems.RunOutcome, cpu: float, wal
         return Verdict(outcome.status, passed, total, cpu, wall, outcome.detail)
     if "infra" in first:
         return Verdict("infra_error", 0, total, cpu, wall, str(first["infra"].get("msg")))
-    if "done" not in first:
-        return Verdict("infra_error", 0, total, cpu, wall, "the q runner ended early")
+    if "done" not in first:  # as above: the runner was killed
+        return Verdict("runtime_error", passed, total, cpu, wall, "the run ended before the tests were done")
     errors, died, detail = 0, False, ""
     for i, test in enumerate(problem.tests):
         assert isinstance(test, ExprTest)
@@ -765,6 +765,7 @@ def _run(public: dict, report: harness._Report) -> None:
     _kill_the_rest(q.pid)
     private = harness._read_part(0)  # read only now: no process of the program is left to see it
     harness._close_stdin()
+    _clear(work, keep=re.compile(r"qrl_result|qrl_[re]\d+"))  # what the program left besides its values: room
     if "tests" in public:
         _judge_expressions(public, private, env, work, report)
         return
@@ -872,6 +873,21 @@ def _uid_of_its_own() -> bool:
             return any(line.split()[1:2] == ["0"] for line in f if line.startswith("Uid:"))
     except OSError:
         return False
+
+
+def _clear(folder: str, keep: re.Pattern) -> None:
+    """Remove what the program left in its working folder, but the saved values: a folder it filled could
+    otherwise keep the judge from starting (which would be scored as the sandbox's failure, not the program's)."""
+    for entry in os.scandir(folder):
+        if keep.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 def _regular(path: str) -> bool:

@@ -125,6 +125,17 @@ def _peek(*_):
     return ("b", b"qrlsecret" in found)
 
 
+def _fill(*_):
+    # fills the working folder (the sandbox's /tmp holds 64 MiB) with files of 15 MiB, then answers 6
+    for i in range(6):
+        try:
+            with open("junk%d" % i, "wb") as f:
+                f.write(b"x" * (15 << 20))
+        except OSError:
+            break
+    return ("j", 6)
+
+
 BODIES = {
     "{sum x}": lambda x: _sum(x),
     "{1+sum x}": lambda x: ("j", 1 + _sum(x)[1]),
@@ -140,6 +151,7 @@ BODIES = {
     "{getenv `QHOME}": _qhome,
     "{.qrl.daemon[]}": _daemon,
     "{.qrl.peek[]}": _peek,
+    "{.qrl.fill[]}": _fill,
 }
 
 
@@ -451,7 +463,18 @@ def _boom(*_):
     raise QError("boom")
 
 
-_BODIES = {
+_def _fill(*_):
+    # fills the working folder (the sandbox's /tmp holds 64 MiB) with files of 15 MiB, then answers 6
+    for i in range(6):
+        try:
+            with open("junk%d" % i, "wb") as f:
+                f.write(b"x" * (15 << 20))
+        except OSError:
+            break
+    return ("j", 6)
+
+
+BODIES = {
     "{max x}": lambda x: max(x),
     "{reverse x}": _reverse,
     "{[x;y] x+y}": lambda x, y: x + y,

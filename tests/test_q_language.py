@@ -377,6 +377,15 @@ def test_left_behind_processes_die_before_the_judge(use_standin: Path, box: Sand
             sandbox.close()
 
 
+def test_a_full_working_folder_does_not_stop_the_judge(use_standin: Path, box: Sandbox, tmp_path: Path) -> None:
+    msml_folder(tmp_path / "q", "six", [("1", "6")])
+    (problem,) = problems.load_problems(tmp_path / "q")
+    result = score_one(scorer([problem], box), problem, "solve:{.qrl.fill[]}")
+    # no room left to save its value: the program's failure; its junk is cleared before the judge writes its script,
+    # so the judge still runs (a judge that cannot start would be an infra_error, with no reward at all)
+    assert result.status == "runtime_error" and "could not be shown" in result.detail, result
+
+
 def test_parallel_runs_and_cache(use_standin: Path, sum_problem: problems.Problem, box: Sandbox) -> None:
     s = scorer([sum_problem], box)
     results = s.score([(sum_problem, "solve:{sum x}"), (sum_problem, "solve:{1+sum x}"),
