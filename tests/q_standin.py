@@ -463,18 +463,7 @@ def _boom(*_):
     raise QError("boom")
 
 
-_def _fill(*_):
-    # fills the working folder (the sandbox's /tmp holds 64 MiB) with files of 15 MiB, then answers 6
-    for i in range(6):
-        try:
-            with open("junk%d" % i, "wb") as f:
-                f.write(b"x" * (15 << 20))
-        except OSError:
-            break
-    return ("j", 6)
-
-
-BODIES = {
+_BODIES = {
     "{max x}": lambda x: max(x),
     "{reverse x}": _reverse,
     "{[x;y] x+y}": lambda x, y: x + y,
