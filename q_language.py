@@ -171,7 +171,8 @@ def parse_q_expr(record: Record) -> Problem:
         raise DataError(f"{record.where}: 'tests' must be a non-empty list")
     parsed = []
     for i, test in enumerate(tests):
-        ok = isinstance(test, dict) and all(isinstance(test.get(k), str) and test[k].strip() for k in ("expr", "expected"))
+        fields = ("expr", "expected")
+        ok = isinstance(test, dict) and all(isinstance(test.get(k), str) and test[k].strip() for k in fields)
         if not ok:
             raise DataError(f"{record.where}: tests[{i}] must be an object with 'expr' and 'expected', both q text")
         parsed.append(ExprTest(test["expr"].strip(), test["expected"].strip()))
@@ -668,7 +669,8 @@ def _judge_scripts(problem: Problem, outcomes: Sequence[problems.RunOutcome], cp
         if "output_limit" in events:
             return Verdict("output_limit", passed, total, cpu, wall, f"{case}: `show result` printed too much")
         if "done" not in events:  # the runner reports even its own failures: something killed it (the program)
-            return Verdict("runtime_error", passed, total, cpu, wall, f"{case}: the run ended before the test was done")
+            detail = f"{case}: the run ended before the test was done"
+            return Verdict("runtime_error", passed, total, cpu, wall, detail)
         shown = events.get("shown", {}).get("text")
         if not isinstance(shown, str):
             errors += 1
@@ -770,7 +772,11 @@ def _run(public: dict, report: harness._Report) -> None:
         _judge_expressions(public, private, env, work, report)
         return
     have_result = _regular(os.path.join(work, RESULT_FILE))
-    out = _run_judge(public["q"], show_script(have_result), env, work, public["reply_limit"])
+    try:
+        out = _run_judge(public["q"], show_script(have_result), env, work, public["reply_limit"])
+    except _NoRoom as e:
+        report.send(e="unreadable", msg=str(e))
+        return
     if out is None:
         report.send(e="output_limit")
         return
@@ -796,7 +802,12 @@ def _judge_expressions(public: dict, private: dict, env: dict, work: str, report
             report.send(e="test", i=i, r="error", msg=f"'{message}")
         else:
             report.send(e="test", i=i, r="missing")
-    out = _run_judge(public["q"], match_script(checks), env, work, 1 << 20)
+    try:
+        out = _run_judge(public["q"], match_script(checks), env, work, 1 << 20)
+    except _NoRoom as e:
+        for i, _ in checks:
+            report.send(e="test", i=i, r="error", msg=str(e))
+        return
     started, answers = between_markers(out[0]) if out is not None else (True, None)
     if not started:
         report.send(e="infra", msg=f"q does not run inside the sandbox: {_said(out[1] if out else '')}")
@@ -812,12 +823,19 @@ def _judge_expressions(public: dict, private: dict, env: dict, work: str, report
             report.send(e="test", i=i, r="error", msg="the value could not be compared")
 
 
+class _NoRoom(Exception):
+    """The saved values fill the working folder: no room for the judge's files (the program's doing)."""
+
+
 def _run_judge(binary: str, script: str, env: dict, work: str, limit: int) -> tuple[str, str] | None:
     """Run a judge script in a fresh q process (no program code runs in it); its stdout and stderr, or None when it
     printed more than ``limit`` bytes."""
     token = secrets.token_hex(8)  # fresh names: nothing the program left can be in the way
     paths = [os.path.join(work, f"qrl_judge_{token}{suffix}") for suffix in (".q", ".out", ".err")]
-    _write_new(paths[0], script)
+    try:
+        _write_new(paths[0], script)
+    except OSError as e:
+        raise _NoRoom(f"no room left for the judge in the working folder ({e.strerror})") from None
     with open(paths[1], "xb") as out, open(paths[2], "xb") as err:
         judge = subprocess.Popen([binary, os.path.basename(paths[0]), "-q"], stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=err, env=env, cwd=work, close_fds=True, **_OWN_GROUP)  # fmt: skip

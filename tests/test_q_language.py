@@ -304,7 +304,7 @@ def test_broken_q_fails_at_start(sum_problem: problems.Problem, tmp_path: Path) 
         problems.configure_executors(q_binary=None)
 
 
-# ------------------------------------------------------------------------------------------------ MSML against the stand-in
+# ---------------------------------------------------------------------------------------- MSML against the stand-in
 
 
 def test_msml_verdicts(use_standin: Path, sum_problem: problems.Problem, box: Sandbox) -> None:
@@ -520,8 +520,8 @@ def q_humaneval(tmp_path: Path) -> problems.Problem:
 def test_q_humaneval_through_pykx_standin(pykx_standin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYKX_STANDIN_LICENSED", "1")
     problem = q_humaneval(tmp_path)
-    reverse = problems.parse_problem(Record({**Q_HUMANEVAL, "task_id": "r", "entry_point": "rev", "tests":
-        "def check(candidate):\n    assert candidate('abc') == 'cba'\n    assert candidate([1, 2]) == [2, 1]\n"}, "x:1"))  # fmt: skip
+    check = "def check(candidate):\n    assert candidate('abc') == 'cba'\n    assert candidate([1, 2]) == [2, 1]\n"
+    reverse = problems.parse_problem(Record({**Q_HUMANEVAL, "task_id": "r", "entry_point": "rev", "tests": check}, "x"))
     with TestCaseReward([problem, reverse], workers=2, timeout=10) as s:
         good, wrong, error, text = s.score([
             (problem, "```q\nmax_element:{max x}\n```"), (problem, "```q\nmax_element:{reverse x}\n```"),
