@@ -600,3 +600,17 @@ def test_real_q_expressions(real_q: str) -> None:
 def test_stand_in_is_named_as_one(standin: Path) -> None:
     assert standin.name == Q_STANDIN_NAME == "fake_q_STANDIN"
     assert "STAND-IN" in standin.read_text()
+
+
+def test_composite_reward_scores_q_quality(use_standin: Path, box: Sandbox, sum_problem: problems.Problem) -> None:
+    """The default path's reward on a Q problem: test cases through q, quality from the Q rules."""
+    from reward_model import CompositeReward, Sample
+
+    composite = CompositeReward(scorer([sum_problem], box))
+    commented, bare = composite.score_samples([
+        Sample("```q\n/ sum of the longs x\nsolve:{sum x}\n```", sum_problem.task_id),
+        Sample("```q\nsolve:{sum x}\n```", sum_problem.task_id),
+    ])
+    assert commented.passed and bare.passed
+    assert commented.components["quality_docs"] > bare.components["quality_docs"]
+    assert commented.reward > bare.reward
