@@ -202,7 +202,7 @@ def save_final_model(trainer, tokenizer, folder: RunFolder) -> Path:
 
 INSTRUCTIONS = {
     "python": "Answer with the complete Python function in one ```python code block.",
-    "q": "Answer with the q definition of `solve` in one ```q code block.",
+    "q": "Answer with the q definition of `{entry_point}` in one ```q code block.",
 }
 
 
@@ -211,7 +211,8 @@ def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     completion-style problems (HumanEval prompts that the answer continues)."""
     if problem.completion_joins_prompt or not tokenizer.chat_template:
         return problem.prompt
-    instruction = INSTRUCTIONS.get(problem.language, "")
+    entry_point = getattr(problem, "entry_point", None) or "solve"  # Q-HumanEval names its own function
+    instruction = INSTRUCTIONS.get(problem.language, "").format(entry_point=entry_point)
     return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]
 
 

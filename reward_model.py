@@ -198,6 +198,7 @@ class TestCaseReward(Scorer):
         """``sandbox``: one already started (it then belongs to this scorer, which closes it); by default one is
         started on first use, with ``workers`` servers."""
         super().__init__()
+        problems_module.check_executors(problems)  # say now, not mid-training, if some cannot run here (no q)
         self.problems = {p.task_id: p for p in problems}
         self.weights = weights or RewardArguments()
         self.timing = replace(timing or Timing(), **({"timeout": timeout} if timeout is not None else {}))
@@ -220,7 +221,8 @@ class TestCaseReward(Scorer):
             if self._sandbox is None:
                 executors = {problems_module.EXECUTORS.get(p.language) for p in self.problems.values()}
                 preload = sorted({m for e in executors if e is not None for m in e.preload})
-                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces)
+                expose = problems_module.sandbox_paths({p.language for p in self.problems.values()})
+                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces, expose=expose)
             return self._sandbox
 
     def close(self) -> None:
@@ -602,10 +604,14 @@ def _score_command(cfg) -> int:
         raise UserError(f"--timeout must be positive, got {r.timeout}")
     if args.components:
         cfg.quality.validate()
+    problems_module.configure_executors(q_binary=r.q_binary)
     preload = sorted({m for e in problems_module.EXECUTORS.values() for m in e.preload})
-    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, r.workers, preload=preload)  # while we read
+    expose = problems_module.sandbox_paths()
+    # the sandbox starts while the problems load
+    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, r.workers, preload=preload, expose=expose)
     try:
         problems = problems_module.load_problems(args.problems, args.format)
+        problems_module.check_executors(problems)  # e.g. no q for Q problems: one line, before anything is written
         completions = problems_module.load_completions(args.completions)
         known = {p.task_id for p in problems}
         for c in completions:

@@ -326,9 +326,11 @@ def test_case_reward(cfg: Config, problems: list):
     """The sandbox scorer, with the config's weights; with several processes each rank gets its share of workers."""
     import os
 
+    from problems import configure_executors
     from reward_model import TestCaseReward
 
     r = cfg.rewards
+    configure_executors(q_binary=r.q_binary)  # Q problems: the TestCaseReward below stops at start without q
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = max(1, (r.workers or os.cpu_count() or 1) // local_ranks)
     return TestCaseReward(problems, weights=r, workers=workers, timeout=r.timeout)
