@@ -66,7 +66,71 @@ def peft_config(cfg: Config):
 def model_init_kwargs(cfg: Config) -> dict[str, Any]:
     import torch
 
-    return {"dtype": torch.bfloat16 if cfg.model.bf16 else torch.float32}
+    mem = cfg.memory
+    # fp16 autocast needs fp32 master weights for what trains; LoRA adapters are fp32 anyway, so the base may be fp16.
+    half = torch.float16 if mem.fp16 and cfg.lora.use_peft else torch.float32
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cfg.model.bf16 else half}
+    if mem.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+            bnb_4bit_quant_storage=kwargs["dtype"],  # stored as the compute dtype, so that ZeRO-3 and FSDP can shard it
+        )
+    return kwargs
+
+
+def memory_arguments(cfg: Config) -> dict[str, Any]:
+    """The memory options as TrainingArguments (every TRL path); precision's bf16 is mapped with the model's."""
+    mem = cfg.memory
+    return dict(fp16=mem.fp16, optim=mem.optim, torch_compile=mem.torch_compile)
+
+
+def vllm_arguments(cfg: Config) -> dict[str, Any]:
+    """Where GRPO generates with vLLM: its share of each GPU (colocate) or the server's URL (server)."""
+    mem = cfg.memory
+    return dict(
+        vllm_gpu_memory_utilization=mem.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=mem.vllm_tensor_parallel_size,
+        vllm_server_base_url=mem.vllm_server_base_url,
+    )
+
+
+def check_scaling(cfg: Config) -> None:
+    """Memory options this machine cannot honour stop the run at start, in one line each, before any model loads."""
+    import importlib.util
+
+    import torch
+
+    mem = cfg.memory
+    gpu = torch.cuda.is_available()
+    bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if mem.fp16 and cfg.model.bf16:
+        raise UserError("--fp16 and --bf16: choose one precision")
+    if mem.fp16 and not gpu:
+        raise UserError("--fp16 needs a CUDA GPU (none found); train in fp32 (the default) or with --bf16")
+    if mem.load_in_4bit:
+        if not cfg.lora.use_peft:
+            raise UserError("--load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights: drop --no_peft")
+        missing = [what for what, ok in (("a CUDA GPU", gpu), ("the bitsandbytes package", bnb)) if not ok]
+        if missing:
+            raise UserError(
+                f"--load_in_4bit (QLoRA) needs {' and '.join(missing)} (pip install bitsandbytes, on a CUDA machine); "
+                "without them, train LoRA adapters (the default) on unquantized weights"
+            )
+    from transformers import trainer_optimizer
+    from transformers.training_args import OptimizerNames
+
+    names = [o.value for o in OptimizerNames]
+    if mem.optim not in names:
+        raise UserError(f"--optim {mem.optim}: unknown optimizer (one of: {', '.join(names)})")
+    if mem.optim in getattr(trainer_optimizer, "_BITSANDBYTES_OPTIMIZERS", ()) and not bnb:
+        raise UserError(f"--optim {mem.optim} needs the bitsandbytes package (pip install bitsandbytes)")
+    if not 0 < mem.vllm_gpu_memory_utilization <= 1:
+        raise UserError(f"--vllm_gpu_memory_utilization must be in (0, 1] (got {mem.vllm_gpu_memory_utilization})")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not gpu and os.environ.get("RANK", "0") == "0":
+        print("FSDP needs GPUs: without one, accelerate trains these processes with plain DDP (gloo)", flush=True)
 
 
 def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool) -> dict[str, Any]:
@@ -100,6 +164,7 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
         beta=m.kl_coef,
         report_to=["wandb"] if cfg.tracking.wandb else "none",
         model_init_kwargs=model_init_kwargs(cfg),
+        **memory_arguments(cfg),
     )
 
 
@@ -275,6 +340,7 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
         mask_truncated_completions=g.mask_truncated_completions,
         use_vllm=g.use_vllm,
         vllm_mode=g.vllm_mode,
+        **vllm_arguments(cfg),
         log_completions=False,
     )
     return _grpo_class()(

@@ -12,6 +12,7 @@ from pathlib import Path
 from data_loading import DataError, UserError, load_preferences
 from q_trl_training import (
     build_dpo_trainer,
+    check_scaling,
     check_wandb,
     load_tokenizer,
     resolve_base_model,
@@ -69,6 +70,7 @@ def _prepare(cfg: Config) -> tuple[RunFolder, Path | None, str]:
     resume = folder.resolve_resume(cfg.run.resume_from_checkpoint)
     folder.check_can_start(resume, cfg.run.overwrite_output_dir)
     check_wandb(cfg, name)
+    check_scaling(cfg)
     return folder, resume, name
 
 

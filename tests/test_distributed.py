@@ -1,22 +1,78 @@
-"""Several processes (torchrun, gloo on CPU): one run folder, written once, by the main process."""
+"""Several processes (torchrun, or accelerate launch with the shipped configs; gloo on CPU): one run folder, written
+once, by the main process; resume with the same number of processes."""
 
+import importlib.util
 import json
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(config: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+           "--num_processes", "2", "--main_process_port", str(free_port()), str(ROOT / "run_rl.py"), *argv]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def steps(path: Path) -> list[int]:
+    return [e["step"] for e in json.loads(path.read_text())["steps"]]
+
+
 def test_two_process_dpo_writes_one_run_folder(dpo_argv, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "run_rl.py"), *dpo_argv, "--batch_size", "1"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "out" / "t"
     log = (run / "logs" / "training_log.txt").read_text()
     assert log.count("step 4/4 train:") == 1 and log.count("saved checkpoint-2") == 1
-    steps = [e["step"] for e in json.loads((run / "logs" / "rewards.json").read_text())["steps"]]
-    assert steps == [1, 2, 3, 4]
+    assert steps(run / "logs" / "rewards.json") == [1, 2, 3, 4]
     assert (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
     assert proc.stdout.count("Run folder:") == 1
+
+
+def two_process_dpo_then_resume(config: str, dpo_argv: list[str], tmp_path: Path) -> Path:
+    """Two steps, then resume from the latest checkpoint to four, both with two processes of `config`."""
+    argv = [*dpo_argv, "--batch_size", "1"]
+    first = accelerate_launch(config, [*argv, "--max_steps", "2"], tmp_path)
+    run = tmp_path / "out" / "t"
+    assert first.stdout.count("Run folder:") == 1
+    # two ranks, not two single-process runs: each saved its own random state into the one checkpoint
+    assert sorted(p.name for p in (run / "checkpoints" / "checkpoint-2").glob("rng_state*")) == [
+        "rng_state_0.pth", "rng_state_1.pth"]
+    accelerate_launch(config, [*argv, "--max_steps", "4", "--resume_from_checkpoint", "latest"], tmp_path)
+    log = (run / "logs" / "training_log.txt").read_text()
+    assert "dpo: training from step 2 to step 4" in log
+    assert [int(s) for s in re.findall(r"step (\d+)/\d+ train:", log)] == [1, 2, 3, 4]  # each step once
+    assert [int(s) for s in re.findall(r"step (\d+)/\d+ eval:", log)] == [2, 4]
+    assert steps(run / "logs" / "rewards.json") == [1, 2, 3, 4]
+    assert steps(run / "logs" / "eval_results.json") == [2, 4]
+    state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert (run / "checkpoints" / "final" / "config.json").is_file()
+    return run
+
+
+def test_accelerate_launch_ddp_config_trains_and_resumes_with_two_processes(dpo_argv, tmp_path):
+    two_process_dpo_then_resume("ddp.yaml", dpo_argv, tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeed_zero3_trains_and_resumes_with_two_processes(dpo_argv, tmp_path):
+    """DeepSpeed runs on the CPU too (its CPU accelerator, over gloo): ZeRO-3 shards, saves and resumes."""
+    run = two_process_dpo_then_resume("deepspeed_zero3.yaml", dpo_argv, tmp_path)
+    assert (run / "checkpoints" / "checkpoint-4" / "global_step4").is_dir()  # DeepSpeed's sharded states
