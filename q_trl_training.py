@@ -87,13 +87,15 @@ def memory_arguments(cfg: Config) -> dict[str, Any]:
     return dict(fp16=mem.fp16, optim=mem.optim, torch_compile=mem.torch_compile)
 
 
-def vllm_arguments(cfg: Config) -> dict[str, Any]:
-    """Where GRPO generates with vLLM: its share of each GPU (colocate) or the server's URL (server)."""
+def generation_arguments(cfg: Config) -> dict[str, Any]:
+    """Where GRPO generates: vLLM's share of each GPU (colocate) or the server's URL (server); under ZeRO-3
+    without vLLM, whether the weights are gathered whole."""
     mem = cfg.memory
     return dict(
         vllm_gpu_memory_utilization=mem.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=mem.vllm_tensor_parallel_size,
         vllm_server_base_url=mem.vllm_server_base_url,
+        ds3_gather_for_generation=mem.ds3_gather_for_generation,
     )
 
 
@@ -217,11 +219,30 @@ def _wandb_logged_in() -> bool:
 
 def save_final_model(trainer, tokenizer, folder: RunFolder) -> Path:
     """The final model as an ordinary checkpoint (LoRA merged into the base), loadable with from_pretrained."""
+    if trainer.is_fsdp_enabled:
+        return _save_final_sharded(trainer, tokenizer, folder)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
         model.save_pretrained(folder.final_model)
+        tokenizer.save_pretrained(folder.final_model)
+    trainer.accelerator.wait_for_everyone()
+    return folder.final_model
+
+
+def _save_final_sharded(trainer, tokenizer, folder: RunFolder) -> Path:
+    """Under FSDP the weights are shards on every rank: the Trainer gathers them into files (whole weights, or the
+    adapters for LoRA), then the main process merges the adapters into the base on the CPU."""
+    trainer.save_model(str(folder.final_model))
+    if trainer.accelerator.is_main_process:
+        if (folder.final_model / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            merged = AutoPeftModelForCausalLM.from_pretrained(folder.final_model, device_map="cpu").merge_and_unload()
+            for path in folder.final_model.glob("adapter_*"):
+                path.unlink()
+            merged.save_pretrained(folder.final_model)
         tokenizer.save_pretrained(folder.final_model)
     trainer.accelerator.wait_for_everyone()
     return folder.final_model
@@ -340,7 +361,7 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
         mask_truncated_completions=g.mask_truncated_completions,
         use_vllm=g.use_vllm,
         vllm_mode=g.vllm_mode,
-        **vllm_arguments(cfg),
+        **generation_arguments(cfg),
         log_completions=False,
     )
     return _grpo_class()(

@@ -123,6 +123,10 @@ class MemoryArguments:
     vllm_server_base_url: str | None = _opt(
         None, "GRPO with --vllm_mode server: URL of `trl vllm-serve` (default: TRL's, port 8000 on this host)."
     )
+    ds3_gather_for_generation: bool = _opt(
+        True, "GRPO under ZeRO-3 without vLLM: gather the whole weights on each GPU to generate (fast; they must fit "
+        "once); false generates layer by layer (slow, fits any size).",
+    )
 
 
 @dataclass
