@@ -72,14 +72,15 @@ class Arch:
     def lora_params(self, r: int) -> int:
         return self.layers * sum(r * (a + b) for a, b in self.linear_shapes())
 
-    def layer_activations(self, lora: bool) -> int:
-        """Values one decoder layer keeps per token for its backward pass (SDPA attention: no seq x seq matrix):
+    def layer_activation_bytes(self, act_bytes: int, lora_r: int = 0, dropout: bool = False) -> int:
+        """Bytes one decoder layer keeps per token for its backward pass (SDPA attention: no seq x seq matrix):
         2 norms (input and normalised output, 2h each), the q/k/v input (h), q, k, v and the attention output,
-        the o_proj input, the MLP input (h), and gate, SiLU(gate), up and their product (4i). LoRA's dropout
-        keeps one more copy of each adapted layer's input (6h + i)."""
+        the o_proj input, the MLP input (h), and gate, SiLU(gate), up and their product (4i). LoRA adds the r
+        outputs of each adapter's A; an active LoRA dropout (GRPO; DPO turns dropout off) one more copy of each
+        adapted layer's input (6h + i) and its one-byte mask."""
         h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        values = 2 * h + h + q + 2 * kv + q + q + 2 * h + h + 4 * i
-        return values + (6 * h + i if lora else 0)
+        values = 2 * h + h + q + 2 * kv + q + q + 2 * h + h + 4 * i + 7 * lora_r
+        return values * act_bytes + ((6 * h + i) * (act_bytes + 1) if lora_r and dropout else 0)
 
 
 # Published configurations (config.json) of the models the table is for: SmolLM2-135M (the embedded model) and
@@ -113,7 +114,7 @@ class Setup:
 
     method: str  # "dpo" or "grpo"
     tuning: str  # "full", "lora" or "qlora"
-    sharding: str  # "none" (one process or DDP), "zero2", "zero3" (ZeRO-3 and FSDP alike)
+    sharding: str  # "none" (one process or DDP), "zero2", "zero3" or "fsdp"
     gpus: int = 1
     device: str = "gpu"  # "gpu": --bf16 and Triton kernels; "cpu": fp32 and the torch fallback
     checkpointing: bool = True
@@ -121,6 +122,7 @@ class Setup:
     seq_len: int = 1024  # DPO: tokens per sequence (a pair is two sequences)
     prompt_len: int = 512  # GRPO
     completion_len: int = 256  # GRPO
+    grad_accum: int = 8  # micro-batches per optimizer step
     generation_batch: int = 8  # GRPO: sequences generated at once per process (batch_size x grad accumulation)
     kl: bool = True  # a reference model is needed (kl_coef > 0)
 
@@ -128,16 +130,19 @@ class Setup:
 def estimate(arch: Arch, s: Setup) -> dict[str, float]:
     """Peak bytes per process, by part.
 
-    peak = weights + reference + optimizer states + max(gradients, activations, generation) [+ DDP's buckets]
+    peak = weights + reference + optimizer + max(backward, generation) [+ DDP's buckets]
+    backward = activations + gradients with gradient accumulation, else max(activations, gradients)
 
-    The three under max() do not peak together: the backward pass frees activations as it fills gradients, and
+    The three under max() do not peak together: the backward pass frees activations as it fills gradients (with
+    gradient accumulation, though, the gradients of earlier micro-batches stay: activations + gradients), and
     GRPO generates between optimizer steps, when there are neither. DDP copies the gradients into its all-reduce
-    buckets. ZeRO-2 shards gradients and optimizer states over the GPUs, ZeRO-3 and FSDP shard everything, and to
-    generate without vLLM they gather the whole weights on each GPU (TRL's default, --ds3_gather_for_generation).
+    buckets. ZeRO-2 shards gradients and optimizer states over the GPUs, ZeRO-3 and FSDP shard everything; to
+    generate without vLLM, ZeRO-3 gathers the whole weights on each GPU (TRL's default,
+    --ds3_gather_for_generation) while FSDP2 gathers one layer at a time, as in training.
     """
     act_bytes = 4 if s.device == "cpu" else 2
-    shard_w = s.gpus if s.sharding == "zero3" else 1
-    shard_go = s.gpus if s.sharding in ("zero2", "zero3") else 1
+    shard_w = s.gpus if s.sharding in ("zero3", "fsdp") else 1
+    shard_go = s.gpus if s.sharding in ("zero2", "zero3", "fsdp") else 1
     P = arch.params
     if s.tuning == "full":
         kind = "fp32" if s.device == "cpu" else "bf16" if s.sharding == "none" else "deepspeed_bf16"
@@ -155,10 +160,11 @@ def estimate(arch: Arch, s: Setup) -> dict[str, float]:
     lora = s.tuning != "full"
     # DPO: chosen and rejected of one pair per micro-batch; GRPO: one prompt + completion per micro-batch
     tokens = 2 * s.seq_len if s.method == "dpo" else s.prompt_len + s.completion_len
+    one_layer = arch.layer_activation_bytes(act_bytes, s.lora_r if lora else 0, dropout=s.method == "grpo")
     if s.checkpointing:  # every layer's input kept; one layer's activations rebuilt at a time
-        layers = tokens * (arch.layers * arch.hidden + arch.layer_activations(lora)) * act_bytes
+        layers = tokens * (arch.layers * arch.hidden * act_bytes + one_layer)
     else:
-        layers = tokens * arch.layers * arch.layer_activations(lora) * act_bytes
+        layers = tokens * arch.layers * one_layer
     tiles, tile_bytes = TILES[s.device]
     lm_head = tiles * min(tokens, TILE_TOKENS) * min(arch.vocab, TILE_VOCAB) * tile_bytes
     lm_head += tokens * arch.hidden * 4  # the fp32 gradient of the last hidden states
@@ -169,14 +175,17 @@ def estimate(arch: Arch, s: Setup) -> dict[str, float]:
     if s.method == "grpo":
         kv_per_token = 2 * arch.layers * arch.kv_heads * arch.head_dim * act_bytes
         generation = s.generation_batch * (s.prompt_len + s.completion_len) * kv_per_token
-        generation += whole_weights * (1 - 1 / shard_w)  # ZeRO-3/FSDP gather the whole weights to generate
+        if s.sharding == "zero3":  # TRL gathers the whole weights to generate (FSDP2 goes layer by layer)
+            generation += whole_weights * (1 - 1 / shard_w)
     parts = {
         "weights": whole_weights / shard_w, "reference": reference / shard_w, "optimizer": optimizer / shard_go,
         "gradients": grads / shard_go, "activations": activations, "generation": generation,
         "ddp_buckets": grads if s.sharding == "none" and s.gpus > 1 else 0.0,
     }
+    # with gradient accumulation the gradients of earlier micro-batches stay while the next one's activations build
+    backward = activations + parts["gradients"] if s.grad_accum > 1 else max(activations, parts["gradients"])
     parts["total"] = (parts["weights"] + parts["reference"] + parts["optimizer"] + parts["ddp_buckets"]
-                      + max(parts["gradients"], activations, generation))
+                      + max(backward, generation))
     return parts
 
 
@@ -198,6 +207,7 @@ def measured_setup(row: dict) -> Setup:
         method=row["method"], tuning=row["tuning"], sharding="none", device="cpu",
         checkpointing=row["checkpointing"], seq_len=DPO_PROMPT + DPO_ANSWER, prompt_len=GRPO_PROMPT,
         completion_len=GRPO_COMPLETION, generation_batch=GRPO_GROUP,
+        grad_accum=1 if row["method"] == "dpo" else GRPO_GROUP,
     )
 
 
@@ -317,9 +327,11 @@ GPU_COUNTS = (1, 2, 4, 8)
 GPU_CONFIGS = [
     ("full, DDP", "full", "none"),
     ("full, ZeRO-2", "full", "zero2"),
-    ("full, ZeRO-3 / FSDP", "full", "zero3"),
+    ("full, ZeRO-3", "full", "zero3"),
+    ("full, FSDP", "full", "fsdp"),
     ("LoRA, DDP", "lora", "none"),
-    ("LoRA, ZeRO-3 / FSDP", "lora", "zero3"),
+    ("LoRA, ZeRO-3", "lora", "zero3"),
+    ("LoRA, FSDP", "lora", "fsdp"),
     ("QLoRA, DDP", "qlora", "none"),
 ]
 CUDA_OVERHEAD = 1.0 * GIB  # CUDA context, kernels and allocator slack, per GPU
@@ -346,11 +358,17 @@ def update_readme(rows: list[dict], machine: str) -> None:
     text = README.read_text(encoding="utf-8")
     for marker, body in (("memory:measured", f"Measured on {machine}.\n\n" + check_table(rows)),
                          ("memory:estimate", gpu_table())):
-        pattern = re.compile(rf"(<!-- {marker}:start.*?-->\n).*?(\n<!-- {marker}:end -->)", re.S)
+        pattern = re.compile(rf"(<!-- {marker}:start.*?-->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {marker}:start --> ... <!-- {marker}:end --> block")
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     README.write_text(text, encoding="utf-8")
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def main() -> None:
@@ -372,7 +390,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure_one(json.loads(args.child), args.base_model, args.steps)), flush=True)
         return
     rows = measure_all(args.base_model, args.steps)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch fp32 on the CPU"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch_version()} fp32 on the CPU"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows,
                                    "setups": [asdict(measured_setup(r)) for r in rows]}, indent=2) + "\n")
