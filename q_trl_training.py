@@ -16,12 +16,18 @@ from run_config import EMBEDDED_MODEL_NAME, Config
 from run_files import RunFolder
 
 
-def resolve_base_model(name: str) -> str:
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def resolve_base_model(name: str, allow_adapter: bool = False) -> str:
     """A loadable model folder for --base_model, or one clear error naming it."""
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"--base_model {name}: not a model folder (no config.json)")
+        if not (path / "config.json").is_file() and not (allow_adapter and is_adapter(path)):
+            hint = (" (a LoRA adapter checkpoint: train from checkpoints/final, or resume with --resume_from_checkpoint)"
+                    if is_adapter(path) else " (no config.json)")
+            raise UserError(f"--base_model {name}: not a model folder{hint}")
         return str(path)
     if name == EMBEDDED_MODEL_NAME:
         try:
@@ -46,6 +52,22 @@ def load_tokenizer(model_path: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_for_generation(model_path: str, cfg: Config):
+    """A model (a LoRA checkpoint merged into its base) and its tokenizer, ready to sample from."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = model_init_kwargs(cfg)
+    if is_adapter(model_path):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_path, **kwargs).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    has_tokenizer = (Path(model_path) / "tokenizer_config.json").is_file() or not Path(model_path).is_dir()
+    tokenizer = load_tokenizer(model_path if has_tokenizer else model.config._name_or_path)
+    return model, tokenizer
 
 
 def peft_config(cfg: Config):
@@ -236,7 +258,7 @@ def _save_final_sharded(trainer, tokenizer, folder: RunFolder) -> Path:
     adapters for LoRA), then the main process merges the adapters into the base on the CPU."""
     trainer.save_model(str(folder.final_model))
     if trainer.accelerator.is_main_process:
-        if (folder.final_model / "adapter_config.json").is_file():
+        if is_adapter(folder.final_model):
             from peft import AutoPeftModelForCausalLM
 
             merged = AutoPeftModelForCausalLM.from_pretrained(folder.final_model, device_map="cpu").merge_and_unload()
@@ -259,7 +281,7 @@ INSTRUCTIONS = {
 def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     """The one prompt builder for training and evaluation: chat template where the model has one, raw text for
     completion-style problems (HumanEval prompts that the answer continues)."""
-    if getattr(problem, "completion_style", False) or not tokenizer.chat_template:
+    if problem.completion_joins_prompt or not tokenizer.chat_template:
         return problem.prompt
     instruction = INSTRUCTIONS.get(problem.language, "")
     return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from code_quality import QualityConfig
 from data_loading import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -170,6 +171,20 @@ class EvalArguments:
     eval_max_problems: int | None = _opt(None, "Evaluate at most this many problems (default: all).")
 
 
+@dataclass
+class RewardArguments:
+    """The reward of the test-case paths: its weights, and the sandbox that runs the code."""
+
+    reward_pass: float = _opt(1.0, "Weight of passing every test (binary).")
+    reward_partial: float = _opt(0.5, "Weight of the fraction of tests passed (partial credit).")
+    reward_all_pass_bonus: float = _opt(0.2, "Bonus when every test passes.")
+    reward_time: float = _opt(0.1, "Weight of the time-efficiency score (CPU time against the reference; passing only).")
+    reward_quality: float = _opt(0.2, "Weight of the code-quality score on the default path (test cases + quality).")
+    workers: int | None = _opt(None, "Sandbox workers running programs in parallel (default: all cores).")
+    timeout: float | None = _opt(None, "Per-program time limit in seconds (default: calibrated from the reference).")
+    q_binary: str | None = _opt(None, "The q interpreter for Q problems (default: `q` on PATH; QHOME is honoured).")
+
+
 RL_SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "run": RunArguments,
@@ -179,6 +194,8 @@ RL_SECTIONS: dict[str, type] = {
     "tracking": TrackingArguments,
     "grpo": GRPOArguments,
     "evaluation": EvalArguments,
+    "rewards": RewardArguments,
+    "quality": QualityConfig,
 }
 
 

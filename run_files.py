@@ -106,6 +106,9 @@ class RunFolder:
                 f"{self.root} already holds a run: resume it with --resume_from_checkpoint latest, "
                 "or pass --overwrite_output_dir to replace it"
             )
+        self.check_writable()
+
+    def check_writable(self) -> None:
         self.created = not self.root.exists()
         parent = self.root
         while not parent.exists():

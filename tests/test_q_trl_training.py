@@ -37,3 +37,92 @@ def test_model_resolution(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a model folder"):
         resolve_base_model(str(tmp_path / "empty"))
+
+
+# --- GRPO ----------------------------------------------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from q_trl_training import build_grpo_trainer, build_prompt, check_vllm, prompt_text, truncate_prompt  # noqa: E402
+
+
+def problem(prompt="Write a Python function `add(a, b)` returning a + b.", language="python", joins=False):
+    return SimpleNamespace(prompt=prompt, language=language, completion_joins_prompt=joins, task_id="t")
+
+
+def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
+    from q_trl_training import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    chat = build_prompt(problem(), tok)
+    assert chat[0]["role"] == "user" and "```python" in chat[0]["content"]
+    assert prompt_text(chat, tok).endswith("<|im_start|>assistant\n")
+    raw = build_prompt(problem("def add(a, b):\n    ", joins=True), tok)
+    assert raw == "def add(a, b):\n    "  # completion-style problems are continued, not chatted to
+
+
+def test_truncation_cuts_from_the_left_and_keeps_the_end(tiny_model):
+    from q_trl_training import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    long = problem("blah " * 300 + "Write a Python function `add(a, b)`.")
+    cut, was_cut = truncate_prompt(build_prompt(long, tok), tok, 60)
+    assert was_cut and len(tok(prompt_text(cut, tok), add_special_tokens=False)["input_ids"]) <= 60
+    assert cut[0]["content"].endswith("code block.")
+    same, was_cut = truncate_prompt(build_prompt(problem(), tok), tok, 500)
+    assert not was_cut and same == build_prompt(problem(), tok)
+
+
+def test_use_vllm_without_vllm_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(UserError, match="--use_vllm: the vllm package is not installed"):
+        check_vllm(parse_config(RL_SECTIONS, ["--use_vllm"]))
+    check_vllm(parse_config(RL_SECTIONS, []))
+
+
+def grpo_trainer(tiny_model, tmp_path, reward, extra=()):
+    from datasets import Dataset
+
+    from q_trl_training import load_tokenizer
+
+    cfg = parse_config(RL_SECTIONS, ["--max_steps", "1", "--batch_size", "8", "--gradient_accumulation_steps", "1",
+                                     "--num_generations", "4", "--max_completion_length", "8", "--kl_coef", "0.3",
+                                     "--entropy_coef", "0.02", *extra])
+    tok = load_tokenizer(str(tiny_model))
+    rows = [{"prompt": [{"role": "user", "content": f"Write f{i}"}], "task_id": f"t{i}"} for i in range(4)]
+    return build_grpo_trainer(cfg, str(tiny_model), tok, Dataset.from_list(rows), None, [reward],
+                              RunFolder(tmp_path / "r"), "r", callbacks=[])
+
+
+def test_grpo_options_reach_trl(tiny_model, tmp_path):
+    trainer = grpo_trainer(tiny_model, tmp_path, lambda completions, **kw: [0.0] * len(completions),
+                           ["--temperature", "0.7", "--loss_type", "grpo", "--scale_rewards", "none"])
+    a = trainer.args
+    assert a.beta == 0.3 and a.entropy_coef == 0.02 and a.num_generations == 4 and a.max_completion_length == 8
+    assert a.temperature == 0.7 and a.loss_type == "grpo" and a.scale_rewards == "none" and a.bf16 is False
+
+
+def test_reward_scale_multiplies_advantages_and_flat_groups_are_dropped(tiny_model, tmp_path):
+    """Two groups per batch: t-even prompts get equal rewards (a flat group), the others differ."""
+
+    def reward(completions, task_id, **kw):
+        return [1.0 if int(t[1:]) % 2 == 0 else float(i % 2) for i, t in enumerate(task_id)]
+
+    base = grpo_trainer(tiny_model, tmp_path / "a", reward, ["--scale_rewards", "none"])
+    scaled = grpo_trainer(tiny_model, tmp_path / "b", reward,
+                          ["--scale_rewards", "none", "--reward_scale", "3", "--drop_zero_variance_groups"])
+    batch = [{"prompt": [{"role": "user", "content": f"Write f{i}"}], "task_id": f"t{i}"} for i in (0, 1) for _ in range(4)]
+    base.model.train()
+    scaled.model.train()
+    out_a = base._generate_and_score_completions(batch)
+    out_b = scaled._generate_and_score_completions(batch)
+    import torch
+
+    assert torch.allclose(out_b["advantages"], 3 * out_a["advantages"])
+    flat = out_a["advantages"].view(2, 4).eq(0).all(dim=1)
+    assert flat.tolist() == [True, False]
+    assert out_b["completion_mask"][:4].sum() == 0 and out_b["completion_mask"][4:].sum() > 0
+    assert scaled._metrics["train"]["dropped_groups"] == [1.0]

@@ -133,3 +133,61 @@ def test_killed_run_resumes_and_loses_at_most_one_save_interval(dpo_argv, tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     logged = steps(tmp_path / "out" / "t" / "logs" / "rewards.json")
     assert logged == list(range(1, 401))
+
+
+# --- the test-case paths (GRPO) -------------------------------------------------------------------------------
+
+def problem_rows():
+    def add(i, split):
+        return {"task_id": f"py/{i}", "language": "python", "split": split, "difficulty": "easy",
+                "prompt": f"Write a Python function `add{i}(a, b)` that returns a + b.", "entry_point": f"add{i}",
+                "reference_solution": f"def add{i}(a, b):\n    return a + b\n",
+                "tests": [{"args": [1, 2], "expected": 3}, {"args": [0, 0], "expected": 0}]}
+
+    return [add(0, "train"), add(1, "train"), add(2, "eval")]
+
+
+@pytest.fixture
+def grpo_argv(tiny_model, tmp_path):
+    from conftest import write_jsonl
+
+    problems = write_jsonl(tmp_path / "problems.jsonl", problem_rows())
+    return ["--base_model", str(tiny_model), "--train_data", str(problems), "--output_dir", str(tmp_path / "out"),
+            "--experiment_name", "g", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
+            "--batch_size", "4", "--gradient_accumulation_steps", "1", "--num_generations", "4",
+            "--max_completion_length", "16", "--eval_num_samples", "2", "--workers", "2", "--logging_steps", "1"]
+
+
+def test_test_case_rewards_only_run(grpo_argv):
+    folder = run(grpo_argv + ["--test_case_rewards_only"])
+    rewards = json.loads(folder.rewards_json.read_text())
+    assert rewards["method"] == "grpo_test_cases" and [e["step"] for e in rewards["steps"]] == [1, 2]
+    last = rewards["steps"][-1]
+    for key in ("reward", "test_cases/pass", "test_cases/partial", "test_cases/time", "frac_reward_zero_std", "kl"):
+        assert key in last, key
+    assert any(k.startswith("test_cases/status/") for k in last)
+    evals = json.loads(folder.eval_json.read_text())["steps"]
+    assert [e["step"] for e in evals] == [2]
+    assert evals[0]["problems"] == 1 and evals[0]["samples"] == 2 and 0.0 <= evals[0]["pass@1"] <= 1.0
+    assert "pass@2" in evals[0]
+    assert (folder.checkpoints / "checkpoint-2" / "adapter_config.json").is_file()
+    assert (folder.final_model / "config.json").is_file()
+
+
+def test_default_path_logs_every_composite_component(grpo_argv):
+    folder = run(grpo_argv + ["--eval_steps", "0"])
+    last = json.loads(folder.rewards_json.read_text())["steps"][-1]
+    for key in ("composite/pass", "composite/quality", "composite/quality_style", "composite/quality_docs",
+                "composite/quality_complexity"):
+        assert key in last, key
+    assert json.loads(folder.rewards_json.read_text())["method"] == "grpo_composite"
+
+
+def test_eval_only_writes_results_and_readable_samples(grpo_argv, tiny_model):
+    folder = run(grpo_argv + ["--eval_only", "--eval_num_samples", "3"])
+    evals = json.loads(folder.eval_json.read_text())
+    assert evals["method"] == "eval_only" and evals["steps"][0]["samples"] == 3
+    samples = [json.loads(line) for line in (folder.results / f"samples_{tiny_model.name}.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and {"task_id", "completion", "passed", "status"} <= samples[0].keys()
+    assert samples[0]["task_id"] == "py/2"  # the eval split only
+    assert not folder.checkpoints.exists()

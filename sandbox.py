@@ -1,0 +1,997 @@
+"""Run untrusted Python programs, each in a child forked from a warm server, isolated as far as the machine allows.
+
+Why a server: starting an interpreter costs tens of milliseconds, forking one that has already imported the standard
+library (and numpy) costs about one. Why so many layers: programs written by a policy under optimisation find every
+way to end a run early, leak processes or fill the machine; each layer stops one class of that, and each degrades to a
+weaker one when the kernel does not permit it (``Sandbox.isolation`` says what held; docs/sandbox.md explains).
+
+Process tree, with namespaces where permitted::
+
+    caller ── launcher ── server (pid 1 of its own pid namespace; no network; read-only file systems but /tmp)
+                            └── program (pid 1 of a fresh pid namespace, own process group, unprivileged uid)
+                                  └── whatever the program starts: all of it dies with the program
+
+This module knows nothing of tests or rewards: a program is source text plus optional stdin bytes; a run gives back
+how it ended, its output, what it wrote on the report channel (fd 3), and the kernel's account of its time and memory.
+It must not import torch: the scorer's command line starts fast because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import builtins
+import ctypes
+import gc
+import json
+import math
+import os
+import queue
+import random
+import re
+import resource
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+REPORT_FD = 3  # the program writes its report here; nothing else in the program's reach is read back
+UID_BASE = 64000  # as root, worker slot N runs programs as uid/gid UID_BASE + N (unnamed, owns nothing)
+# Imported once by each server, so that programs importing them pay nothing.
+DEFAULT_PRELOAD = (  # noqa: SIM905
+    "array bisect collections copy dataclasses datetime decimal fractions functools heapq itertools json math "
+    "operator random re statistics string traceback types typing numpy numpy.random"
+).split()
+RunStatus = Literal["exited", "timeout", "memory_limit", "output_limit", "infra_error"]
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot work (e.g. no server starts); single runs report ``infra_error`` instead."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one program may use. CPU time is the limit that decides ``timeout``: it does not grow on a loaded machine;
+    the wall clock is a looser backstop for programs that sleep or block."""
+
+    cpu_time: float = 10.0  # seconds, all the program's processes together
+    wall_time: float | None = None  # seconds; default (2 * cpu_time + 1) times the machine's load per core
+    memory: int = 1 << 30  # bytes (proportional set size), all processes together: watched, not RLIMIT_AS
+    address_space: int | None = None  # per-process RLIMIT_AS backstop; default 4 * memory: numpy still starts
+    output: int = 4 << 20  # bytes of stdout + stderr + report together
+    file_size: int = 16 << 20  # largest file the program may write
+    processes: int = 64  # processes and threads of its uid (only where the program has a uid of its own)
+    open_files: int = 256
+
+    @property
+    def wall(self) -> float:
+        """The wall-clock backstop. Unless set, it stretches with the load: a program starved of CPU on a busy
+        machine is not a timeout (its CPU time, which decides, does not grow with the load)."""
+        if self.wall_time is not None:
+            return self.wall_time
+        return (2 * self.cpu_time + 1.0) * _load_per_core()
+
+    @property
+    def backstop(self) -> int:
+        return self.address_space if self.address_space is not None else 4 * self.memory
+
+
+@dataclass(frozen=True)
+class Program:
+    source: str
+    stdin: bytes = b""  # read by the program from fd 0; empty: /dev/null
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class RunResult:
+    """How a run ended. ``status`` is ``exited`` when the program ended by itself or by a signal it brought on itself;
+    ``exit_code`` then is its code, or minus the signal number (None: the run's end could not be observed)."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    report: str = ""
+    cpu_time: float = 0.0
+    wall_time: float = 0.0
+    peak_memory: int = 0  # bytes, the largest resident set of one process (kernel's ru_maxrss)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What held on this machine (the same for every worker)."""
+
+    pid_namespace: bool = False  # a fresh pid namespace per program: everything it starts dies with it
+    network_namespace: bool = False  # no network at all (only a loopback device, down)
+    mount_namespace: bool = (
+        False  # file systems read-only but a private /tmp and /dev/shm, wiped after each run
+    )
+    ipc_namespace: bool = False  # SysV IPC objects are private to the server and removed after each run
+    user_namespace: bool = (
+        False  # not root: programs run as the namespace's root with every capability dropped
+    )
+    separate_uid: bool = False  # root: programs run as an unprivileged uid of their own per worker
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        yes = {True: "yes", False: "NO"}
+        user = (
+            "an unprivileged uid of their own (one per worker)"
+            if self.separate_uid
+            else "root of a user namespace, every capability dropped"
+            if self.user_namespace
+            else "the caller's own user"
+        )
+        return [
+            f"programs run as {user}",
+            f"own pid namespace (all their processes end with them): {yes[self.pid_namespace]}",
+            f"own network namespace (no network): {yes[self.network_namespace]}",
+            f"own mount namespace (read-only files, private /tmp): {yes[self.mount_namespace]}",
+            f"own IPC namespace: {yes[self.ipc_namespace]}",
+            *self.notes,
+        ]
+
+
+def _load_per_core() -> float:
+    try:
+        return max(1.0, os.getloadavg()[0] / default_workers())
+    except OSError:
+        return 1.0
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caller side: worker threads, each owning one server process.
+
+
+class Sandbox:
+    """Runs programs in parallel on ``workers`` servers, through a bounded queue (``submit`` blocks when it is full).
+
+    Use as a context manager, or call ``close()``: servers are stopped, and programs still running are killed.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        preload: Iterable[str] = (),
+        namespaces: bool = True,
+        tmp_size: int = 64 << 20,
+        queue_size: int | None = None,
+    ):
+        self.workers = max(1, workers or default_workers())
+        self._server_args = _server_args(list(DEFAULT_PRELOAD) + list(preload), namespaces, tmp_size)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size or 2 * self.workers)
+        self._workers = [_Worker(self._queue, slot, self._server_args) for slot in range(self.workers)]
+        self._closed = False
+        for w in self._workers:
+            w.thread.start()
+        for w in self._workers:
+            w.ready.wait()
+        errors = [w.start_error for w in self._workers if w.start_error]
+        if errors:
+            self.close()
+            raise SandboxError(f"the sandbox server did not start: {errors[0]}")
+        self.isolation: Isolation = self._workers[0].isolation
+        _open_sandboxes.add(self)
+
+    def submit(self, program: Program) -> Future:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+        future: Future = Future()
+        self._queue.put((program, future))
+        return future
+
+    def run(self, program: Program) -> RunResult:
+        return self.submit(program).result()
+
+    def map(self, programs: Sequence[Program]) -> list[RunResult]:
+        futures = [self.submit(p) for p in programs]
+        return [f.result() for f in futures]
+
+    async def arun(self, program: Program) -> RunResult:
+        """For asyncio callers: the (possibly blocking) submit runs in a thread, so the event loop never stalls."""
+        future = await asyncio.to_thread(self.submit, program)
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._workers:
+            self._queue.put(None)
+        for w in self._workers:
+            w.thread.join(timeout=30)
+        _open_sandboxes.discard(self)
+
+    def __enter__(self) -> Sandbox:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_open_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+atexit.register(lambda: [s.close() for s in list(_open_sandboxes)])
+
+
+def _server_args(preload: list[str], namespaces: bool, tmp_size: int) -> list[str]:
+    """The server imports this file as the module ``sandbox`` (not as ``__main__``), with this folder, and not the
+    current one, first on its path: a program's files in its working folder can never shadow a module."""
+    spec = {"preload": preload, "namespaces": namespaces, "tmp_size": tmp_size}
+    here = os.path.dirname(os.path.abspath(__file__))
+    bootstrap = f"import sys; sys.path[0] = {here!r}; import sandbox; sandbox._serve(*sys.argv[1:])"
+    return [sys.executable, "-s", "-c", bootstrap, json.dumps(spec)]
+
+
+class _ServerDied(Exception):
+    pass
+
+
+class _Worker:
+    """One thread and the server it owns. The thread starts the server itself: the server dies with the thread that
+    forked it (PR_SET_PDEATHSIG), so it must be the long-lived worker thread, not whichever thread built the Sandbox."""
+
+    def __init__(self, jobs: queue.Queue, slot: int, server_args: list[str]):
+        self.jobs, self.slot, self.args = jobs, slot, server_args
+        self.proc: subprocess.Popen | None = None
+        self.isolation = Isolation()
+        self.start_error = ""
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"sandbox-worker-{slot}", daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            self._start()
+        except Exception as e:  # noqa: BLE001 -- reported by the Sandbox constructor
+            self.start_error = str(e)
+        self.ready.set()
+        if self.start_error:
+            return
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                break
+            program, future = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(self._execute(program))
+                except BaseException as e:  # noqa: BLE001 -- never leave a caller waiting
+                    future.set_exception(e)
+        self._stop()
+
+    def _start(self) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONUTF8": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "TMPDIR": tempfile.gettempdir(),
+        }
+        self.proc = subprocess.Popen(
+            [*self.args, str(self.slot), str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        try:
+            hello = _recv(self.proc.stdout.fileno(), timeout=120)
+        except _ServerDied:
+            self._stop()
+            raise SandboxError("the server exited during start-up") from None
+        if "error" in hello:
+            self._stop()
+            raise SandboxError(hello["error"])
+        self.isolation = Isolation(**{**hello["isolation"], "notes": tuple(hello["isolation"]["notes"])})
+
+    def _stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()  # the server kills any running program and exits on end of input
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc = None
+
+    def _execute(self, program: Program) -> RunResult:
+        """Run once, and once more on a fresh server if the server died meanwhile: a fluke costs a retry, while a
+        program that brings its server down twice gets a run without a report (scored against the program)."""
+        for _attempt in range(2):
+            if self.proc is None:
+                try:
+                    self._start()
+                except SandboxError as e:
+                    return RunResult("infra_error", detail=f"the sandbox server did not restart: {e}")
+            try:
+                return self._request(program)
+            except _ServerDied:
+                self._stop()
+            except TimeoutError:
+                self._stop()
+                return RunResult("infra_error", detail="the sandbox server stopped answering")
+        return RunResult("exited", None, detail="the sandbox server died while running this program, twice")
+
+    def _request(self, program: Program) -> RunResult:
+        assert self.proc is not None
+        wall = program.limits.wall
+        limits = asdict(replace(program.limits, wall_time=wall, address_space=program.limits.backstop))
+        request = {"source": program.source, "stdin": program.stdin.hex(), "limits": limits}
+        try:
+            _send(self.proc.stdin.fileno(), request)
+        except OSError:
+            raise _ServerDied from None
+        reply = _recv(self.proc.stdout.fileno(), timeout=wall + 30)
+        return RunResult(**reply)
+
+
+def _send(fd: int, message: dict) -> None:
+    data = json.dumps(message).encode()
+    data = struct.pack(">I", len(data)) + data
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _recv(fd: int, timeout: float | None = None) -> dict:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    (size,) = struct.unpack(">I", _read_exact(fd, 4, deadline))
+    return json.loads(_read_exact(fd, size, deadline))
+
+
+def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, remaining)
+        if not chunk:
+            raise _ServerDied
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernel interfaces the standard library lacks (Python 3.11 has no os.unshare/os.setns/mount).
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC = 1024, 2048, 4096, 8192, 16384
+MS_PRIVATE, MS_RELATIME = 1 << 18, 1 << 21
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 4, 38, 36
+_STATVFS_TO_MS = [(os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+                  (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)]  # fmt: skip
+
+
+class _Kernel:
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+
+    def _call(self, result: int, what: str) -> None:
+        if result != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    def unshare(self, flags: int) -> None:
+        self._call(self.libc.unshare(flags), "unshare")
+
+    def setns(self, fd: int, nstype: int) -> None:
+        self._call(self.libc.setns(fd, nstype), "setns")
+
+    def mount(
+        self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+    ) -> None:
+        enc = lambda s: None if s is None else s.encode()
+        self._call(
+            self.libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}"
+        )
+
+    def prctl(self, option: int, value: int) -> None:
+        self._call(self.libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), "prctl")
+
+    def drop_capabilities(self) -> None:
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: all empty
+        self._call(self.libc.capset(header, data), "capset")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Server side. Everything below runs in the server process (``python sandbox.py --serve``) and its children.
+
+
+def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
+    spec, slot, caller_pid = json.loads(spec_json), int(slot), int(caller_pid)  # type: ignore[assignment]
+    kernel = _Kernel()
+    kernel.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != caller_pid:  # the caller died before the line above took effect
+        os._exit(1)
+    os.setsid()  # no controlling terminal: no program can open the caller's /dev/tty
+    # The protocol gets fds of its own; stray prints from preloaded modules go to /dev/null.
+    requests, replies = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    try:
+        flags = _enter_namespaces(kernel) if spec["namespaces"] else 0
+        if flags & CLONE_NEWPID:
+            _become_init_of(flags)  # the launcher waits here; from now on this is the server
+            # The launcher gone, the server goes, and with it (pid 1) every program.
+            kernel.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        else:
+            kernel.prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come back to us, so the sweep can find them
+        server = _Server(kernel, flags, slot, spec, requests, replies)
+    except Exception as e:  # noqa: BLE001 -- the caller shows it
+        _send(replies, {"error": f"{type(e).__name__}: {e}"})
+        os._exit(1)
+    _send(replies, {"isolation": asdict(server.isolation)})
+    server.loop()
+
+
+def _enter_namespaces(kernel: _Kernel) -> int:
+    """Enter the server's own namespaces: as root directly, otherwise inside a user namespace."""
+    base = CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC
+    uid, gid = os.geteuid(), os.getegid()
+    for flags in [base, base | CLONE_NEWUSER] if uid == 0 else [base | CLONE_NEWUSER]:
+        try:
+            kernel.unshare(flags)
+        except OSError:
+            continue
+        if flags & CLONE_NEWUSER:
+            with open("/proc/self/setgroups", "w") as f:
+                f.write("deny")
+            with open("/proc/self/uid_map", "w") as f:
+                f.write(f"0 {uid} 1")
+            with open("/proc/self/gid_map", "w") as f:
+                f.write(f"0 {gid} 1")
+        return flags
+    return 0
+
+
+def _become_init_of(flags: int) -> None:
+    """Fork the server as pid 1 of the new pid namespace; the launcher stays as its parent until it ends. When the
+    launcher dies (its caller died), the kernel kills the server, and with it every process of every program."""
+    pid = os.fork()
+    if pid == 0:
+        return
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        except InterruptedError:
+            continue
+
+
+class _Server:
+    def __init__(self, kernel: _Kernel, flags: int, slot: int, spec: dict, requests: int, replies: int):
+        self.kernel, self.requests, self.replies = kernel, requests, replies
+        self.tmp_size = int(spec["tmp_size"])
+        root = os.geteuid() == 0 and not flags & CLONE_NEWUSER
+        self.uid = UID_BASE + slot if root else None
+        notes: list[str] = []
+        self.mount_ns = bool(flags & CLONE_NEWNS)
+        self.pid_ns = bool(flags & CLONE_NEWPID)
+        if self.mount_ns:
+            notes += self._mount_filesystems()
+        self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY) if self.pid_ns else -1
+        if not flags:
+            notes.append(
+                "no namespaces: programs share the network and see the file system through permissions only"
+            )
+        if self.uid is not None and not self.mount_ns and any(map(_closed_ancestors, _interpreter_paths())):
+            notes.append("the interpreter lies under a folder closed to other users: programs can import only what "
+                         "the server preloaded")  # fmt: skip
+        if not root:
+            notes.append(
+                "not root: no uid of its own, so the process count is bounded only by the wall clock"
+            )
+        for name in spec["preload"]:
+            try:
+                __import__(name)
+            except ImportError:
+                pass  # numpy is optional, and so is anything else preloaded for speed only
+        gc.freeze()  # keep preloaded objects out of the collector's sight: a collection in a child would copy them all
+        self.isolation = Isolation(
+            pid_namespace=self.pid_ns,
+            network_namespace=bool(flags & CLONE_NEWNET),
+            mount_namespace=self.mount_ns,
+            ipc_namespace=bool(flags & CLONE_NEWIPC),
+            user_namespace=bool(flags & CLONE_NEWUSER),
+            separate_uid=self.uid is not None,
+            notes=tuple(notes),
+        )
+        self._check_isolation()
+
+    def _mount_filesystems(self) -> list[str]:
+        """Make every file system read-only but a private /tmp and /dev/shm (wiped after each run), and let the
+        programs' uid reach the interpreter even where it lives under a closed folder such as /root."""
+        k = self.kernel
+        k.mount(None, "/", None, MS_REC | MS_PRIVATE)
+        if self.pid_ns:
+            # A proc of its own: pids as this namespace numbers them.
+            k.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        owner = f",uid={self.uid},gid={self.uid}" if self.uid is not None else ""
+        tmpfs = f"size={self.tmp_size},mode=0700{owner}"
+        k.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+        notes = self._expose(_interpreter_paths()) if self.uid is not None else []
+        failed = []
+        for target in _mount_points():
+            if target == "/tmp":
+                continue
+            try:
+                flags = os.statvfs(target).f_flag
+                # A user namespace demands that locked flags be kept.
+                keep = sum(ms for st, ms in _STATVFS_TO_MS if flags & st)
+                k.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+            except OSError:
+                if target == "/":
+                    raise
+                failed.append(target)
+        k.mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
+        return notes + ([f"could not make read-only: {', '.join(failed)}"] if failed else [])
+
+    def _expose(self, paths: list[str]) -> list[str]:
+        """Cover each closed folder on the way to ``paths`` with an open tmpfs holding bind mounts of just the
+        entries on the way: the programs reach the interpreter and nothing else that was closed to them."""
+        k = self.kernel
+        for _round in range(8):
+            closed: dict[str, set[str]] = {}
+            for path in paths:
+                for parent, child in _closed_ancestors(path):
+                    closed.setdefault(parent, set()).add(child)
+                    break
+            if not closed:
+                return []
+            for parent, children in closed.items():
+                stashed = []
+                for child in children:
+                    stash = tempfile.mkdtemp(dir="/tmp")
+                    k.mount(os.path.join(parent, child), stash, None, MS_BIND | MS_REC)
+                    stashed.append((child, stash))
+                k.mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+                for child, stash in stashed:
+                    os.mkdir(os.path.join(parent, child))
+                    k.mount(stash, os.path.join(parent, child), None, MS_MOVE)
+                    os.rmdir(stash)
+        return [f"some interpreter paths stay closed to the programs' uid: {paths}"]
+
+    def _check_isolation(self) -> None:
+        """Run one empty program through the real path: if isolation set-up fails here, it would fail every run."""
+        result = self.run({"source": "pass", "stdin": "", "limits": asdict(Limits(cpu_time=5, wall_time=10))})
+        if result.status != "exited" or result.exit_code != 0:
+            raise SandboxError(f"a trivial program failed: {result}")
+
+    def loop(self) -> None:
+        while True:
+            try:
+                request = _recv(self.requests)
+            except _ServerDied:  # the caller closed the pipe: we are done
+                os._exit(0)
+            try:
+                result = self.run(request)
+            except Exception as e:  # noqa: BLE001 -- a bug of ours, never the program's doing: say so instead of dying
+                self._kill_leftovers()
+                result = RunResult("infra_error", detail=f"sandbox server error: {type(e).__name__}: {e}")
+            _send(self.replies, asdict(result))
+
+    def run(self, request: dict) -> RunResult:
+        limits = Limits(**request["limits"])
+        stdin = bytes.fromhex(request["stdin"])
+        workdir = "/tmp" if self.mount_ns else tempfile.mkdtemp(prefix="qrl-sandbox-")
+        try:
+            if self.uid is not None and not self.mount_ns:
+                os.chown(workdir, self.uid, self.uid)
+            return self._run(request["source"], stdin, limits, workdir)
+        finally:
+            self._clean_up(workdir)
+
+    def _run(self, source: str, stdin: bytes, limits: Limits, workdir: str) -> RunResult:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        stdin_fd = _memfd(stdin) if stdin else os.open(os.devnull, os.O_RDONLY)
+        start = time.monotonic()
+        if self.pid_ns:
+            self.kernel.unshare(CLONE_NEWPID)  # only the next child enters it; setns below resets that
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _program_child(self, source, limits, workdir, stdin_fd, out_w, err_w, rep_w, ctl_w)
+        finally:
+            if self.pid_ns:
+                self.kernel.setns(self.pidns_fd, CLONE_NEWPID)
+        for fd in (out_w, err_w, rep_w, ctl_w, stdin_fd):
+            os.close(fd)
+        try:
+            setup_error = _read_until_eof(ctl_r, deadline=start + 30)
+            if setup_error:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return RunResult(
+                    "infra_error", detail=f"sandbox set-up failed: {setup_error.decode(errors='replace')}"
+                )
+            return self._supervise(pid, start, limits, {out_r: [], err_r: [], rep_r: []}, out_r, err_r, rep_r)
+        finally:
+            for fd in (out_r, err_r, rep_r, ctl_r):
+                os.close(fd)
+
+    def _supervise(self, pid: int, start: float, limits: Limits, buffers: dict[int, list[bytes]], out_r: int,
+                   err_r: int, rep_r: int) -> RunResult:  # fmt: skip
+        """Collect output and watch limits until the program's first process ends (which, in a pid namespace, ends
+        all of them); then kill whatever is left and let the kernel say what the run cost."""
+        pidfd = os.pidfd_open(pid)
+        deadline = start + limits.wall
+        open_fds, total, status, detail = set(buffers), 0, None, ""
+        interval, next_check, polled_cpu = 0.005, start + 0.005, 0.0
+        try:
+            while status is None:
+                now = time.monotonic()
+                if now >= deadline:
+                    status, detail = "timeout", f"wall clock limit of {limits.wall:g}s"
+                    break
+                wait = max(0.0, min(deadline, next_check) - now)
+                ready = select.select([*open_fds, pidfd, self.requests], [], [], wait)[0]
+                for fd in ready:
+                    if fd in open_fds:
+                        chunk = os.read(fd, 1 << 16)
+                        if not chunk:
+                            open_fds.discard(fd)
+                        buffers[fd].append(chunk)
+                        total += len(chunk)
+                if total > limits.output:
+                    status, detail = "output_limit", f"more than {limits.output} bytes of output"
+                elif pidfd in ready:
+                    break
+                elif self.requests in ready:  # the caller is gone: take the program with us
+                    self._kill(pid)
+                    os._exit(0)
+                elif time.monotonic() >= next_check:
+                    rss, cpu = _tree_usage(os.getpid())
+                    polled_cpu = max(polled_cpu, cpu)
+                    if rss > limits.memory:
+                        status, detail = "memory_limit", f"more than {limits.memory >> 20} MiB resident"
+                    elif cpu > limits.cpu_time:
+                        status, detail = "timeout", f"CPU time limit of {limits.cpu_time:g}s"
+                    interval = min(interval * 2, 0.05)
+                    next_check = time.monotonic() + interval
+            if status is not None:
+                self._kill(pid)
+            _, wait_status, usage = os.wait4(pid, 0)
+        finally:
+            os.close(pidfd)
+        if (
+            not self.pid_ns
+        ):  # in a pid namespace the kernel has already killed the rest with the first process
+            self._kill_leftovers()
+        total += _drain(open_fds, buffers, limits.output - total)
+        cpu = max(usage.ru_utime + usage.ru_stime, polled_cpu)  # killed processes were never waited for
+        code = os.waitstatus_to_exitcode(wait_status)
+        if status is None and total > limits.output:
+            status, detail = "output_limit", f"more than {limits.output} bytes of output"
+        if status is None and (code == -signal.SIGXCPU or cpu > limits.cpu_time):
+            status, detail = "timeout", f"CPU time limit of {limits.cpu_time:g}s"
+        if status is None and code == -signal.SIGXFSZ:
+            status, detail = "output_limit", f"a file larger than {limits.file_size} bytes"
+        text = lambda fd: b"".join(buffers[fd]).decode("utf-8", errors="replace")
+        return RunResult(
+            status=status or "exited",
+            exit_code=code,
+            stdout=text(out_r)[-(1 << 16) :],
+            stderr=text(err_r)[-(1 << 16) :],
+            report=text(rep_r),
+            cpu_time=round(cpu, 6),
+            wall_time=round(time.monotonic() - start, 6),
+            peak_memory=usage.ru_maxrss * 1024,
+            detail=detail,
+        )
+
+    def _kill(self, pid: int) -> None:
+        """In a pid namespace, killing its first process kills all of it; otherwise the sweep does the rest."""
+        os.kill(pid, signal.SIGKILL)
+
+    def _kill_leftovers(self) -> None:
+        """Kill and reap every process still below the server: only the current program's can be there."""
+        for _ in range(1000):
+            pids = _descendants(os.getpid())
+            for pid in pids:
+                _kill_if_child_of(pid, pids | {os.getpid()})
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                pass
+            if not pids:
+                return
+            time.sleep(0.001)
+
+    def _clean_up(self, workdir: str) -> None:
+        if self.mount_ns:
+            for folder in ("/tmp", "/dev/shm"):
+                for entry in os.scandir(folder):
+                    _remove(entry.path)
+            if self.isolation.ipc_namespace:
+                _remove_sysv_ipc(self.kernel.libc)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if self.uid is not None:
+                _remove_owned_by(self.uid, ("/tmp", "/var/tmp", "/dev/shm"))
+
+
+def _program_child(server: _Server, source: str, limits: Limits, workdir: str, stdin_fd: int, out_w: int, err_w: int,
+                   rep_w: int, ctl_w: int) -> None:  # fmt: skip
+    """Runs in the forked child: finish isolating it, then run the program. Never returns."""
+    try:
+        # Its own process group: a new session would cost a scheduler autogroup (milliseconds).
+        os.setpgid(0, 0)
+        os.chdir(workdir)
+        _set_limits(limits, server.uid is not None)
+        os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(rep_w, REPORT_FD)
+        os.closerange(REPORT_FD + 1, ctl_w)  # every pipe was opened after fd 3, so ctl_w is above it
+        os.closerange(ctl_w + 1, 1 << 16)
+        os.environ.clear()
+        os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8",
+                          PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # fmt: skip
+        tempfile.tempdir = workdir
+        _drop_privileges(server)
+    except BaseException as e:  # noqa: BLE001 -- whatever failed, the server must hear of it
+        try:
+            os.write(ctl_w, f"{type(e).__name__}: {e}".encode())
+        finally:
+            os._exit(125)
+    os.close(ctl_w)  # set-up done: the server stops waiting for a set-up error
+    code = 1
+    try:
+        code = _exec_program(source)
+    finally:
+        os._exit(code)
+
+
+def _set_limits(limits: Limits, own_uid: bool) -> None:
+    cpu = math.ceil(limits.cpu_time) + 1
+    for which, value in (
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_AS, (limits.backstop, limits.backstop)),
+        (resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size)),
+        (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ):
+        resource.setrlimit(which, value)
+    if own_uid:  # counted per uid: only meaningful when the program has a uid of its own
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+
+
+def _drop_privileges(server: _Server) -> None:
+    k = server.kernel
+    if server.uid is not None:
+        os.setgroups([])
+        os.setresgid(server.uid, server.uid, server.uid)
+        os.setresuid(server.uid, server.uid, server.uid)  # leaving uid 0 clears every capability
+    elif os.geteuid() == 0:  # root inside our user namespace: keep the uid, lose the powers
+        k.drop_capabilities()
+    k.prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _exec_program(source: str) -> int:
+    """Run the source as ``__main__``, as ``python main.py`` would, and return its exit code."""
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    sys.argv = ["main.py"]
+    sys.dont_write_bytecode = True
+    # The server's random state is shared by every fork: make it the same for every run instead.
+    random.seed(0)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(0)
+    code = 0
+    try:
+        exec(compile(source, "main.py", "exec"), main.__dict__)  # noqa: S102 -- running it is the point
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except BaseException as e:  # noqa: BLE001 -- as the interpreter would: print it, exit 1
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # from the program's frames on
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken by the program
+            pass
+    return code & 0xFF
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("stdin", 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _read_until_eof(fd: int, deadline: float) -> bytes:
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return b"no word from the program's set-up"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _drain(fds: set[int], buffers: dict[int, list[bytes]], budget: int) -> int:
+    """Read what the (now dead) program left in its pipes, up to what the output limit still allows."""
+    total = 0
+    for fd in fds:
+        while total <= budget and select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            buffers[fd].append(chunk)
+            total += len(chunk)
+    return total
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), p) for p in points]
+
+
+def _interpreter_paths() -> list[str]:
+    paths = {
+        sys.prefix,
+        sys.exec_prefix,
+        sys.base_prefix,
+        *sys.path,
+        os.path.dirname(os.path.abspath(__file__)),
+    }
+    return sorted(p for p in paths if p and os.path.isdir(p))
+
+
+def _closed_ancestors(path: str) -> list[tuple[str, str]]:
+    """(folder, next entry) for each folder on the way to ``path`` that others may not pass through."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    found = []
+    for depth in range(1, len(parts)):
+        folder = os.sep + os.path.join(*parts[:depth])
+        if not os.stat(folder).st_mode & 0o001:
+            found.append((folder, parts[depth]))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _descendants(pid: int) -> set[int]:
+    found, frontier = set(), [pid]
+    while frontier:
+        kids = [k for p in frontier for k in _children(p) if k not in found]
+        found.update(kids)
+        frontier = kids
+    return found
+
+
+def _tree_usage(pid: int) -> tuple[int, float]:
+    """Memory and CPU seconds of every live process below ``pid``, from /proc. Memory is the proportional set size:
+    pages a fork shares with its parent count once, not once per process (10 ms CPU resolution)."""
+    memory, ticks = 0, 0
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            memory += _proportional_memory(p, int(fields[21]))
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+    return memory, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _proportional_memory(pid: int, rss_pages: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_pages * resource.getpagesize()  # an old kernel: resident pages, shared ones counted each time
+
+
+def _kill_if_child_of(pid: int, parents: set[int]) -> None:
+    """Kill ``pid`` through a pidfd after checking its parent, so a recycled pid is never hit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        if ppid in parents:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _remove_owned_by(uid: int, folders: Sequence[str]) -> None:
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    _remove(entry.path)
+            except OSError:
+                pass
+
+
+def _remove_sysv_ipc(libc: ctypes.CDLL) -> None:
+    """Remove SysV shared memory, semaphores and queues: in the server's own IPC namespace, all are the programs'."""
+    for kind, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            remove(int(line.split()[1]), 0, 0)  # IPC_RMID
