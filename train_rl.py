@@ -306,7 +306,12 @@ class PassAtKEvaluator:
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         mine = self.problems[rank::world]
         prompts = [build_prompt(p, self.tokenizer) for p in mine]
+        # Sharded weights (ZeRO-3, FSDP) make every forward pass a collective: each rank samples as many prompts as
+        # the largest share, padding with one whose answers are dropped, or the ranks with more would wait forever.
+        padding = -(-len(self.problems) // world) - len(mine)
+        prompts += [build_prompt(self.problems[0], self.tokenizer)] * padding if self.problems else []
         answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens)
+        answers = answers[:len(mine)]
         from reward_model import Sample
 
         batch = [Sample(a, p.task_id) for p, group in zip(mine, answers) for a in group]

@@ -23,7 +23,7 @@ def free_port() -> int:
 def accelerate_launch(config: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
            "--num_processes", "2", "--main_process_port", str(free_port()), str(ROOT / "run_rl.py"), *argv]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -76,3 +76,58 @@ def test_deepspeed_zero3_trains_and_resumes_with_two_processes(dpo_argv, tmp_pat
     """DeepSpeed runs on the CPU too (its CPU accelerator, over gloo): ZeRO-3 shards, saves and resumes."""
     run = two_process_dpo_then_resume("deepspeed_zero3.yaml", dpo_argv, tmp_path)
     assert (run / "checkpoints" / "checkpoint-4" / "global_step4").is_dir()  # DeepSpeed's sharded states
+
+
+@pytest.fixture
+def grpo_argv(tiny_model, tmp_path):
+    """Two GRPO steps on three one-line problems (one held out), checkpoint and evaluation at step 2."""
+    from conftest import write_jsonl
+    from test_train_rl import problem_rows
+
+    problems = write_jsonl(tmp_path / "problems.jsonl", problem_rows())
+    return ["--test_case_rewards_only", "--base_model", str(tiny_model), "--train_data", str(problems),
+            "--output_dir", str(tmp_path / "out"), "--experiment_name", "g", "--max_steps", "2", "--save_steps", "2",
+            "--eval_steps", "2", "--batch_size", "2", "--gradient_accumulation_steps", "1", "--num_generations", "4",
+            "--max_completion_length", "16", "--eval_num_samples", "2", "--workers", "2"]
+
+
+def test_two_process_grpo_writes_one_run_folder_and_resumes(grpo_argv, tmp_path):
+    proc = accelerate_launch("ddp.yaml", grpo_argv, tmp_path)
+    run = tmp_path / "out" / "g"
+    assert proc.stdout.count("Run folder:") == 1
+    log = (run / "logs" / "training_log.txt").read_text()
+    assert [int(s) for s in re.findall(r"step (\d+)/\d+ train:", log)] == [1, 2]
+    rewards = json.loads((run / "logs" / "rewards.json").read_text())
+    assert rewards["method"] == "grpo_test_cases" and [e["step"] for e in rewards["steps"]] == [1, 2]
+    # pass@k gathered from both ranks: the one held-out problem, its 2 samples, reported once
+    evals = json.loads((run / "logs" / "eval_results.json").read_text())["steps"]
+    assert [e["step"] for e in evals] == [2] and evals[0]["problems"] == 1 and evals[0]["samples"] == 2
+    assert sorted(p.name for p in (run / "checkpoints" / "checkpoint-2").glob("rng_state*")) == [
+        "rng_state_0.pth", "rng_state_1.pth"]
+    assert (run / "checkpoints" / "final" / "config.json").is_file()
+    accelerate_launch("ddp.yaml", [*grpo_argv, "--max_steps", "4", "--resume_from_checkpoint", "latest"], tmp_path)
+    log = (run / "logs" / "training_log.txt").read_text()
+    assert "grpo_test_cases: training from step 2 to step 4" in log
+    assert [int(s) for s in re.findall(r"step (\d+)/\d+ train:", log)] == [1, 2, 3, 4]
+    assert steps(run / "logs" / "rewards.json") == [1, 2, 3, 4] and steps(run / "logs" / "eval_results.json") == [2, 4]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_grpo_under_zero3_evaluates_with_unequal_shares(grpo_argv, tmp_path):
+    """Under ZeRO-3 every forward pass is collective: the rank without an evaluation problem must still generate."""
+    accelerate_launch("deepspeed_zero3.yaml", grpo_argv, tmp_path)
+    evals = json.loads((tmp_path / "out" / "g" / "logs" / "eval_results.json").read_text())["steps"]
+    assert [e["step"] for e in evals] == [2] and evals[0]["problems"] == 1 and evals[0]["samples"] == 2
+
+
+def test_each_rank_starts_its_share_of_sandbox_workers(grpo_argv, monkeypatch):
+    """Not every rank a full pool: --workers (default: all cores) is divided among the processes of a node."""
+    from problems import load_problems
+    from run_config import RL_SECTIONS, parse_config
+    from train_rl import test_case_reward
+
+    cfg = parse_config(RL_SECTIONS, grpo_argv + ["--workers", "4"])
+    problems = load_problems(cfg.data.train_data)
+    for local_ranks, workers in (("1", 4), ("2", 2), ("8", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_ranks)
+        assert test_case_reward(cfg, problems).workers == workers
