@@ -122,7 +122,7 @@ def generation_arguments(cfg: Config) -> dict[str, Any]:
 
 
 def check_scaling(cfg: Config) -> None:
-    """Memory options this machine cannot honour stop the run at start, in one line each, before any model loads."""
+    """Memory and launch options this machine cannot honour: one line each, at start, before any model loads."""
     import importlib.util
 
     import torch
