@@ -1,4 +1,4 @@
-"""Reading data files as they are: JSONL, JSON, parquet, or a saved `datasets` folder.
+"""Reading data files as they are (JSONL, JSON, parquet, or a saved `datasets` folder), and writing them whole.
 
 Every record keeps where it came from (``file:line``), so that a bad record is reported with its file
 and line. This module stays free of torch so that the scorer's import path starts fast.
@@ -7,6 +7,8 @@ and line. This module stays free of torch so that the scorer's import path start
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -41,6 +43,32 @@ def read_records(path: str | Path) -> list[Record]:
     if suffix == ".parquet":
         return _read_parquet(path)
     raise DataError(f"{path}: unknown data format '{suffix}' (use .jsonl, .json, .parquet or a saved datasets folder)")
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any work when an output file could not be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write there ({parent} is not a writable folder)")
 
 
 def require_fields(record: Record, fields: Iterable[str]) -> None:

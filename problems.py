@@ -4,7 +4,8 @@ One ``Problem`` type for the project's own JSONL, HumanEval, MBPP and stdin/stdo
 ``prepare`` turns (problem, completion) into the jobs the sandbox runs; ``judge`` turns what came back into a
 ``Verdict``. Expected values stay here, in the caller's process: the sandbox sends back results, never a pass.
 
-Executors are chosen by ``Problem.language`` (``EXECUTORS``); only Python exists so far.
+Executors are chosen by ``Problem.language`` (``EXECUTORS``). Other languages plug in from their own module through
+``register_format``, ``register_language`` and ``EXECUTORS`` (q_language.py, imported at the end of this one).
 No torch here: the scorer's command line imports this module.
 """
 
@@ -158,22 +159,33 @@ def load_problems(path: str | Path, format: str | None = None) -> list[Problem]:
     if format is not None and format not in FORMATS:
         raise UserError(f"unknown problem format {format!r} (use one of {', '.join(FORMATS)})")
     path = Path(path)
+    found = _load_folder(path, format)
+    if found is None or (format is None and _data_files(path, required=False)):  # a folder holds all it holds
+        found = (found or []) + [parse_problem(r, format) for file in _data_files(path) for r in read_records(file)]
     problems, seen = [], {}
-    for file in _data_files(path):
-        for record in read_records(file):
-            problem = parse_problem(record, format)
-            if problem.task_id in seen:
-                raise DataError(
-                    f"{problem.where}: task_id {problem.task_id!r} already used at {seen[problem.task_id]}"
-                )
-            seen[problem.task_id] = problem.where
-            problems.append(problem)
+    for problem in found:
+        if problem.task_id in seen:
+            raise DataError(f"{problem.where}: task_id {problem.task_id!r} already used at {seen[problem.task_id]}")
+        seen[problem.task_id] = problem.where
+        problems.append(problem)
     if not problems:
         raise DataError(f"{path}: no problems")
     return problems
 
 
-def _data_files(path: Path) -> list[Path]:
+def _load_folder(path: Path, format: str | None) -> list[Problem] | None:
+    """Problems from a folder layout a registered format claims (one folder per problem), else None."""
+    for name, load in _FOLDER_LOADERS.items():
+        if format in (None, name):
+            found = load(path) if path.is_dir() else None
+            if found is not None:
+                return found
+            if format == name:
+                raise DataError(f"{path}: not a folder in the {name} layout")
+    return None
+
+
+def _data_files(path: Path, required: bool = True) -> list[Path]:
     if not path.is_dir() or any(
         (path / name).exists() for name in ("dataset_info.json", "dataset_dict.json")
     ):
@@ -181,7 +193,7 @@ def _data_files(path: Path) -> list[Path]:
     files = sorted(
         p for p in path.rglob("*") if p.suffix.lower() in (".jsonl", ".ndjson", ".json", ".parquet")
     )
-    if not files:
+    if not files and required:
         raise DataError(f"{path}: no .jsonl, .json or .parquet files in this folder")
     return files
 
@@ -198,6 +210,10 @@ def load_completions(path: str | Path) -> list[Completion]:
 
 
 def detect_format(data: dict) -> str | None:
+    for detect in _DETECTORS:  # registered formats first: they claim records the rules below would misread
+        found = detect(data)
+        if found:
+            return found
     if "canonical_solution" in data or ("test" in data and "entry_point" in data and "tests" not in data):
         return "humaneval"
     if "test_list" in data:
@@ -407,6 +423,27 @@ _PARSERS: dict[str, Callable[[Record], Problem]] = {
     "mbpp": _parse_mbpp,
     "stdio": _parse_stdio,
 }
+_DETECTORS: list[Callable[[dict], str | None]] = []
+_FOLDER_LOADERS: dict[str, Callable[[Path], list[Problem] | None]] = {}
+
+
+def register_format(
+    name: str,
+    parse: Callable[[Record], Problem] | None = None,
+    detect: Callable[[dict], str | None] | None = None,
+    load_folder: Callable[[Path], list[Problem] | None] | None = None,
+) -> None:
+    """Add a problem format: ``parse`` reads one record (with ``detect`` telling its records apart, checked before
+    the built-in rules), or ``load_folder`` reads a folder layout (None when the folder is not one)."""
+    global FORMATS
+    if name not in FORMATS:
+        FORMATS = (*FORMATS, name)
+    if parse is not None:
+        _PARSERS[name] = parse
+    if detect is not None and detect not in _DETECTORS:
+        _DETECTORS.append(detect)
+    if load_folder is not None:
+        _FOLDER_LOADERS[name] = load_folder
 
 
 def _parse(record: Record, code: str, name: str) -> ast.Module:
@@ -517,6 +554,16 @@ _FENCE_OPEN = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+#./-]*)")
 _PYTHON_START = re.compile(r"^(def |async def |class |import |from |@|if __name__)")
 
 
+def register_language(
+    name: str, tags: set[str] | None = None, strip_prose: Callable[[str, str | None], str] | None = None
+) -> None:
+    """Fence tags that mark a language's code blocks, and how to find its code in an answer without fences."""
+    if tags is not None:
+        _LANGUAGE_TAGS[name] = set(tags)
+    if strip_prose is not None:
+        _PROSE_STRIPPERS[name] = strip_prose
+
+
 def extract_code(text: str, language: str, entry_point: str | None = None) -> str:
     """The code in a model's answer: the right fenced block if there are any (tagged with the language, or untagged;
     one that defines ``entry_point`` first; the longest), else the answer without the prose around it."""
@@ -532,7 +579,8 @@ def extract_code(text: str, language: str, entry_point: str | None = None) -> st
         return max(candidates, key=len)
     if blocks:  # fences, but only in other languages (say, a shell session): nothing to run
         return ""
-    return _strip_prose(text) if language == "python" else text.strip()
+    strip = _PROSE_STRIPPERS.get(language)
+    return strip(text, entry_point) if strip else text.strip()
 
 
 def _fenced_blocks(text: str) -> list[tuple[str, str]]:
@@ -575,6 +623,9 @@ def _strip_prose(text: str) -> str:
     return "\n".join(lines[start:]) + "\n"
 
 
+_PROSE_STRIPPERS: dict[str, Callable[[str, str | None], str]] = {"python": lambda text, _entry: _strip_prose(text)}
+
+
 def _defines(code: str, name: str, language: str) -> bool:
     if language == "python":
         return re.search(rf"^(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
@@ -611,6 +662,10 @@ def _parses(code: str) -> bool:
 
 
 class Executor(Protocol):
+    """What runs one language. Optional too: ``configure(**options)`` (run options such as ``q_binary``),
+    ``check(problems)`` (raise UserError at start when these problems cannot run here), and ``sandbox_paths()``
+    (folders the programs must be able to read inside the sandbox, such as an interpreter's)."""
+
     preload: tuple[str, ...]  # modules the sandbox servers should import up front
 
     def prepare(self, problem: Problem, code: str, reply_limit: int) -> Submission: ...
@@ -668,6 +723,32 @@ class PythonExecutor:
 
 
 EXECUTORS: dict[str, Executor] = {"python": PythonExecutor()}
+
+
+def configure_executors(**options: Any) -> None:
+    """Hand run options (say ``q_binary``) to every executor that takes options."""
+    for executor in EXECUTORS.values():
+        configure = getattr(executor, "configure", None)
+        if configure is not None:
+            configure(**options)
+
+
+def check_executors(problems: Sequence[Problem]) -> None:
+    """Raise UserError now, at start, if some of these problems cannot run here (say, no q interpreter)."""
+    for language in sorted({p.language for p in problems}):
+        check = getattr(EXECUTORS.get(language), "check", None)
+        if check is not None:
+            check([p for p in problems if p.language == language])
+
+
+def sandbox_paths(languages: set[str] | None = None) -> list[str]:
+    """Folders the executors of these languages (default: all) need readable inside the sandbox."""
+    paths: set[str] = set()
+    for language, executor in EXECUTORS.items():
+        wanted = getattr(executor, "sandbox_paths", None)
+        if wanted is not None and (languages is None or language in languages):
+            paths.update(wanted())
+    return sorted(paths)
 
 
 def executor_for(problem: Problem) -> Executor:
@@ -837,3 +918,7 @@ def _json_equal(actual: Any, expected: Any) -> bool:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+# Languages besides Python register themselves (formats, fence tags, executor) when their module is imported.
+import q_language  # noqa: F401 -- at the end: it imports this module

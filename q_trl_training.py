@@ -192,12 +192,21 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
     )
 
 
+def trl_config(config_class, **kwargs):
+    """A TRL config; the checks TRL makes of the options (batch sizes that do not divide, ...) become one line."""
+    try:
+        return config_class(**kwargs)
+    except ValueError as e:
+        raise UserError(f"{config_class.__name__}: {str(e).strip().splitlines()[0]}") from None
+
+
 def build_dpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, folder: RunFolder,
                       run_name: str, callbacks: list):
     """TRL's DPOTrainer with the run's options; the reference model is the base with adapters off."""
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(
+    args = trl_config(
+        DPOConfig,
         **trl_arguments(cfg, folder, run_name, has_eval=eval_dataset is not None),
         max_length=cfg.model.max_seq_length,
     )
@@ -274,7 +283,7 @@ def _save_final_sharded(trainer, tokenizer, folder: RunFolder) -> Path:
 
 INSTRUCTIONS = {
     "python": "Answer with the complete Python function in one ```python code block.",
-    "q": "Answer with the q definition of `solve` in one ```q code block.",
+    "q": "Answer with the q definition of `{entry_point}` in one ```q code block.",
 }
 
 
@@ -283,7 +292,8 @@ def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     completion-style problems (HumanEval prompts that the answer continues)."""
     if problem.completion_joins_prompt or not tokenizer.chat_template:
         return problem.prompt
-    instruction = INSTRUCTIONS.get(problem.language, "")
+    entry_point = getattr(problem, "entry_point", None) or "solve"  # Q-HumanEval names its own function
+    instruction = INSTRUCTIONS.get(problem.language, "").format(entry_point=entry_point)
     return [{"role": "user", "content": f"{problem.prompt.rstrip()}\n\n{instruction}".rstrip()}]
 
 
@@ -369,8 +379,11 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
     from trl import GRPOConfig
 
     g = cfg.grpo
-    args = GRPOConfig(
-        **trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None),
+    common = trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None)
+    common["per_device_eval_batch_size"] = g.num_generations  # TRL checks it; evaluation is ours (pass@k)
+    args = trl_config(
+        GRPOConfig,
+        **common,
         entropy_coef=cfg.model.entropy_coef,
         num_generations=g.num_generations,
         temperature=g.temperature,

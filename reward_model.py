@@ -27,36 +27,12 @@ from typing import Any, get_args
 import code_quality
 import problems as problems_module
 from code_quality import QualityConfig, QualityScore
-from data_loading import DataError, UserError
+from data_loading import DataError, UserError, atomic_write, check_writable
+from run_config import RL_SECTIONS, RewardArguments, parse_config
 from problems import Problem, Submission, Verdict
 from sandbox import Limits, Program, RunResult, Sandbox, SandboxError, default_workers
 
 STATUSES: tuple[str, ...] = get_args(problems_module.Status)
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """How much each component adds to the reward. ``passed`` and ``all_pass_bonus`` share their condition (every test
-    passed): a binary reward uses the first alone, a partial-credit one ``partial`` plus the bonus. The trainer applies
-    its own ``reward_scale`` on top."""
-
-    passed: float = 1.0  # every test passed
-    partial: float = 0.5  # times the fraction of tests passed
-    all_pass_bonus: float = 0.2  # every test passed
-    time: float = 0.1  # times the time score (0..1, CPU time relative to the reference), only when passed
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RewardWeights:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(
-                f"unknown reward weight(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        for name, value in values.items():
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise UserError(f"reward weight {name!r} must be a number, got {value!r}")
-        return cls(**{k: float(v) for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -210,7 +186,7 @@ class TestCaseReward(Scorer):
     def __init__(
         self,
         problems: Sequence[Problem],
-        weights: RewardWeights | None = None,
+        weights: RewardArguments | None = None,
         workers: int | None = None,
         timeout: float | None = None,
         timing: Timing | None = None,
@@ -221,8 +197,9 @@ class TestCaseReward(Scorer):
         """``sandbox``: one already started (it then belongs to this scorer, which closes it); by default one is
         started on first use, with ``workers`` servers."""
         super().__init__()
+        problems_module.check_executors(problems)  # say now, not mid-training, if some cannot run here (no q)
         self.problems = {p.task_id: p for p in problems}
-        self.weights = weights or RewardWeights()
+        self.weights = weights or RewardArguments()
         self.timing = replace(timing or Timing(), **({"timeout": timeout} if timeout is not None else {}))
         if self.timing.timeout <= 0:
             raise UserError(f"the timeout must be positive, got {self.timing.timeout}")
@@ -243,7 +220,8 @@ class TestCaseReward(Scorer):
             if self._sandbox is None:
                 executors = {problems_module.EXECUTORS.get(p.language) for p in self.problems.values()}
                 preload = sorted({m for e in executors if e is not None for m in e.preload})
-                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces)
+                expose = problems_module.sandbox_paths({p.language for p in self.problems.values()})
+                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces, expose=expose)
             return self._sandbox
 
     def close(self) -> None:
@@ -294,10 +272,10 @@ class TestCaseReward(Scorer):
         }
         w = self.weights
         total = (
-            w.passed * components["pass"]
-            + w.partial * components["partial"]
-            + w.all_pass_bonus * components["all_pass_bonus"]
-            + w.time * components["time"]
+            w.reward_pass * components["pass"]
+            + w.reward_partial * components["partial"]
+            + w.reward_all_pass_bonus * components["all_pass_bonus"]
+            + w.reward_time * components["time"]
         )
         return round(total, 6), components
 
@@ -434,7 +412,8 @@ def _reusable(cpu_limit: float, verdict: Future, wanted: float) -> bool:
 class CompositeReward(Scorer):
     """Test-case success plus code quality, each component logged by name.
 
-    reward = test-case reward (its own weighted components) + quality_weight * quality total, then times ``scale``.
+    reward = test-case reward (its own weighted components) + reward_quality * quality total, then times ``scale``
+    (the weights are the test-case reward's: the config's ``rewards`` section).
     Quality counts for every judged program, not only passing ones: it is the auxiliary signal that keeps a group
     of all-failing answers from being flat. It cannot outweigh correctness at the default weights (a pass is worth
     1.7 with its bonus, perfect quality 0.2). Infra errors stay None.
@@ -443,12 +422,10 @@ class CompositeReward(Scorer):
     name = "composite"
     components = TestCaseReward.components + ("quality", "quality_style", "quality_docs", "quality_complexity")
 
-    def __init__(self, test_cases: TestCaseReward, quality: QualityConfig | None = None,
-                 quality_weight: float = 0.2, scale: float = 1.0):
+    def __init__(self, test_cases: TestCaseReward, quality: QualityConfig | None = None, scale: float = 1.0):
         super().__init__()
         self.test_cases = test_cases
         self.quality = quality or QualityConfig()
-        self.quality_weight = quality_weight
         self.scale = scale
 
     def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
@@ -467,7 +444,7 @@ class CompositeReward(Scorer):
             return result
         components = {**result.components, "quality": q.total, "quality_style": q.style, "quality_docs": q.docs,
                       "quality_complexity": q.complexity}
-        reward = self.scale * (result.reward + self.quality_weight * q.total)
+        reward = self.scale * (result.reward + self.test_cases.weights.reward_quality * q.total)
         return replace(result, reward=reward, components=components)
 
     def close(self) -> None:
@@ -519,39 +496,64 @@ def _progress(total: int) -> tuple[Callable[[int], None], Callable[[], None]]:
     return tick, bar.close
 
 
-def _score_command(args: argparse.Namespace) -> int:
+@dataclass
+class ScoreArguments:
+    """`python reward_model.py score`: run completions against their problems' tests."""
+
+    problems: str = field(metadata={"help": "Problems: a file or folder (JSONL, JSON, parquet, datasets, MSML Q)."})
+    completions: str = field(metadata={"help": "JSONL of {task_id, completion} (the human-eval samples format)."})
+    output: str = field(metadata={"help": "JSONL of results, one line per completion, in input order."})
+    format: str | None = field(
+        default=None, metadata={"help": "Problem format (default: detected).", "choices": problems_module.FORMATS}
+    )
+    components: bool = field(
+        default=False, metadata={"help": "Score the composite reward (test cases plus code quality), every component."}
+    )
+
+
+SCORE_SECTIONS: dict[str, type] = {"score": ScoreArguments, "rewards": RewardArguments, "quality": QualityConfig}
+
+
+def _score_command(cfg) -> int:
     start = time.perf_counter()
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UserError(f"--timeout must be positive, got {args.timeout}")
+    args, r = cfg.score, cfg.rewards
+    if r.workers is not None and r.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {r.workers}")
+    if r.timeout is not None and r.timeout <= 0:
+        raise UserError(f"--timeout must be positive, got {r.timeout}")
+    if args.components:
+        cfg.quality.validate()
+    problems_module.configure_executors(q_binary=r.q_binary)
     preload = sorted({m for e in problems_module.EXECUTORS.values() for m in e.preload})
-    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, args.workers, preload=preload)  # while we read
+    expose = problems_module.sandbox_paths()
+    # the sandbox starts while the problems load
+    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, r.workers, preload=preload, expose=expose)
     try:
         problems = problems_module.load_problems(args.problems, args.format)
+        problems_module.check_executors(problems)  # e.g. no q for Q problems: one line, before anything is written
         completions = problems_module.load_completions(args.completions)
         known = {p.task_id for p in problems}
         for c in completions:
             if c.task_id not in known:
                 raise DataError(f"{c.where}: task_id {c.task_id!r} is not a problem of {args.problems}")
         output = Path(args.output)
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            sink = output.open("w", encoding="utf-8")
-        except OSError as e:
-            raise UserError(f"{output}: cannot write ({e.strerror})") from None
+        check_writable(output)
         box = sandbox_starting.result()
     except BaseException:
         _discard(sandbox_starting)
         raise
     tick, done = _progress(len(completions))
-    with sink, TestCaseReward(problems, workers=box.workers, timeout=args.timeout, sandbox=box) as scorer:
+    with TestCaseReward(problems, weights=r, workers=box.workers, timeout=r.timeout, sandbox=box) as scorer:
+        chosen: Scorer = CompositeReward(scorer, cfg.quality) if args.components else scorer
+        samples = [Sample(c.completion, c.task_id) for c in completions]
         try:
-            results = scorer.score([(c.task_id, c.completion) for c in completions], progress=tick)
+            results = scorer.score([(s.task_id, s.completion) for s in samples], progress=tick)
+            if args.components:  # the verdicts are cached: this adds only the quality scores
+                results = chosen.score_samples(samples)
         finally:
             done()
-        for r in results:
-            sink.write(json.dumps(r.to_json()) + "\n")
+        # written whole at the end: an interrupted run leaves no half-written results
+        atomic_write(output, "".join(json.dumps(r.to_json()) + "\n" for r in results))
         _print_summary(results, scorer, time.perf_counter() - start, output)
     return 0
 
@@ -576,6 +578,11 @@ def _print_summary(
     print("  " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]))
     if judged:
         print(f"  mean reward {sum(judged) / len(judged):.4f}")
+        names = sorted({name for r in results if r.reward is not None for name in r.components})
+        scored = [r for r in results if r.reward is not None]
+        if names:
+            print("  components (mean): " + ", ".join(
+                f"{n} {sum(r.components.get(n, 0.0) for r in scored) / len(scored):.4f}" for n in names))
     for k, value in pass_at_k_table(results).items():
         print(f"  pass@{k}: {value:.4f}")
     if counts["infra_error"]:
@@ -589,29 +596,18 @@ def _print_summary(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reward_model.py", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="run completions against their problems' tests")
-    score.add_argument(
-        "--problems", required=True, help="problems file or folder (JSONL, JSON, parquet, datasets)"
-    )
-    score.add_argument(
-        "--completions", required=True, help="JSONL of {task_id, completion} (human-eval samples)"
-    )
-    score.add_argument(
-        "--output", required=True, help="JSONL of results, one line per completion, in input order"
-    )
-    score.add_argument("--workers", type=int, help="parallel sandbox servers (default: all cores)")
-    score.add_argument(
-        "--timeout", type=float, help="CPU seconds without a reference, and the most any program gets"
-    )
-    score.add_argument("--format", choices=problems_module.FORMATS, help="problem format (default: detected)")
-    score.set_defaults(run=_score_command)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "score":
+        print("usage: reward_model.py score --problems P --completions C --output O [options] (score --help)",
+              file=sys.stderr)
+        return 2
     try:
-        return args.run(args)
+        cfg = parse_config(SCORE_SECTIONS, argv[1:], prog="reward_model.py score",
+                           description=ScoreArguments.__doc__, default_config=None,
+                           ignored_sections=tuple(set(RL_SECTIONS) - set(SCORE_SECTIONS)))
+        return _score_command(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"reward_model.py score: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -234,19 +234,28 @@ def build_parser(sections: dict[str, type], prog: str | None = None, description
 
 
 def parse_config(
-    sections: dict[str, type], argv: list[str] | None = None, prog: str | None = None, description: str | None = None
+    sections: dict[str, type],
+    argv: list[str] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+    default_config: Path | None = DEFAULT_CONFIG,
+    ignored_sections: tuple[str, ...] = (),
 ) -> Config:
-    """Parse defaults < config file < flags into a Config."""
+    """Parse defaults < config file < flags into a Config. A config file may hold ``ignored_sections`` that belong
+    to another command (a run's config.yaml given to the scorer, say)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(sections, prog, description)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    config_path = Path(known.config) if known.config else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    if known.config and not config_path.is_file():
-        raise ConfigError(f"config file not found: {config_path}")
+    if known.config:
+        config_path: Path | None = Path(known.config)
+        if not config_path.is_file():
+            raise ConfigError(f"config file not found: {config_path}")
+    else:
+        config_path = default_config if default_config is not None and default_config.is_file() else None
     if config_path is not None:
-        parser.set_defaults(**_read_config_file(config_path, sections, parser))
+        parser.set_defaults(**_read_config_file(config_path, sections, parser, ignored_sections))
     namespace = parser.parse_args(argv)
     values = vars(namespace)
     values.pop("config", None)
@@ -256,7 +265,9 @@ def parse_config(
     return Config(built, source=config_path)
 
 
-def _read_config_file(path: Path, sections: dict[str, type], parser: argparse.ArgumentParser) -> dict[str, Any]:
+def _read_config_file(
+    path: Path, sections: dict[str, type], parser: argparse.ArgumentParser, ignored_sections: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Read a sectioned YAML file into parser defaults, converting each value with its flag's own type."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -271,6 +282,8 @@ def _read_config_file(path: Path, sections: dict[str, type], parser: argparse.Ar
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
     defaults: dict[str, Any] = {}
     for section, values in data.items():
+        if section in ignored_sections:
+            continue
         if section not in sections:
             raise ConfigError(f"{path}: unknown section '{section}' (known: {', '.join(sections)})")
         if values is None:

@@ -20,29 +20,15 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from data_loading import UserError
+from data_loading import UserError, atomic_write
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_safe(value: Any) -> Any:

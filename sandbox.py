@@ -177,9 +177,13 @@ class Sandbox:
         namespaces: bool = True,
         tmp_size: int = 64 << 20,
         queue_size: int | None = None,
+        expose: Iterable[str] = (),
     ):
+        """``expose``: folders the programs must be able to read (say, an interpreter they run) besides Python's own;
+        like the interpreter, they stay read-only, and are opened to the programs' uid where a closed folder such as
+        /root lies on the way."""
         self.workers = max(1, workers or default_workers())
-        self._server_args = _server_args(list(DEFAULT_PRELOAD) + list(preload), namespaces, tmp_size)
+        self._server_args = _server_args(list(DEFAULT_PRELOAD) + list(preload), namespaces, tmp_size, expose)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size or 2 * self.workers)
         self._workers = [_Worker(self._queue, slot, self._server_args) for slot in range(self.workers)]
         self._closed = False
@@ -234,10 +238,11 @@ _open_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 atexit.register(lambda: [s.close() for s in list(_open_sandboxes)])
 
 
-def _server_args(preload: list[str], namespaces: bool, tmp_size: int) -> list[str]:
+def _server_args(preload: list[str], namespaces: bool, tmp_size: int, expose: Iterable[str] = ()) -> list[str]:
     """The server imports this file as the module ``sandbox`` (not as ``__main__``), with this folder, and not the
     current one, first on its path: a program's files in its working folder can never shadow a module."""
-    spec = {"preload": preload, "namespaces": namespaces, "tmp_size": tmp_size}
+    folders = sorted({os.path.abspath(p) for p in expose if os.path.isdir(p)})
+    spec = {"preload": preload, "namespaces": namespaces, "tmp_size": tmp_size, "expose": folders}
     here = os.path.dirname(os.path.abspath(__file__))
     bootstrap = f"import sys; sys.path[0] = {here!r}; import sandbox; sandbox._serve(*sys.argv[1:])"
     return [sys.executable, "-s", "-c", bootstrap, json.dumps(spec)]
@@ -496,6 +501,7 @@ class _Server:
     def __init__(self, kernel: _Kernel, flags: int, slot: int, spec: dict, requests: int, replies: int):
         self.kernel, self.requests, self.replies = kernel, requests, replies
         self.tmp_size = int(spec["tmp_size"])
+        self.readable = _interpreter_paths() + list(spec.get("expose", ()))  # what the programs must reach
         root = os.geteuid() == 0 and not flags & CLONE_NEWUSER
         self.uid = UID_BASE + slot if root else None
         notes: list[str] = []
@@ -508,7 +514,7 @@ class _Server:
             notes.append(
                 "no namespaces: programs share the network and see the file system through permissions only"
             )
-        if self.uid is not None and not self.mount_ns and any(map(_closed_ancestors, _interpreter_paths())):
+        if self.uid is not None and not self.mount_ns and any(map(_closed_ancestors, self.readable)):
             notes.append("the interpreter lies under a folder closed to other users: programs can import only what "
                          "the server preloaded")  # fmt: skip
         if not root:
@@ -543,7 +549,7 @@ class _Server:
         owner = f",uid={self.uid},gid={self.uid}" if self.uid is not None else ""
         tmpfs = f"size={self.tmp_size},mode=0700{owner}"
         k.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
-        notes = self._expose(_interpreter_paths()) if self.uid is not None else []
+        notes = self._expose(self.readable) if self.uid is not None else []
         failed = []
         for target in _mount_points():
             if target == "/tmp":

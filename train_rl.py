@@ -184,20 +184,20 @@ def test_case_reward(cfg: Config, problems: list):
     """The sandbox scorer, with the config's weights; with several processes each rank gets its share of workers."""
     import os
 
-    from reward_model import RewardWeights, TestCaseReward
+    from problems import configure_executors
+    from reward_model import TestCaseReward
 
     r = cfg.rewards
-    weights = RewardWeights(passed=r.reward_pass, partial=r.reward_partial, all_pass_bonus=r.reward_all_pass_bonus,
-                            time=r.reward_time)
+    configure_executors(q_binary=r.q_binary)  # Q problems: the TestCaseReward below stops at start without q
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = max(1, (r.workers or os.cpu_count() or 1) // local_ranks)
-    return TestCaseReward(problems, weights=weights, workers=workers, timeout=r.timeout)
+    return TestCaseReward(problems, weights=r, workers=workers, timeout=r.timeout)
 
 
 def composite_reward(cfg: Config, tests):
     from reward_model import CompositeReward
 
-    return CompositeReward(tests, quality=cfg.quality, quality_weight=cfg.rewards.reward_quality)
+    return CompositeReward(tests, quality=cfg.quality)
 
 
 def evaluate_only(cfg: Config) -> RunFolder:

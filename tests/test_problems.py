@@ -247,10 +247,10 @@ def test_normalised_programs_share_a_key(tmp_path: Path) -> None:
 
 
 def test_unknown_language_is_a_clear_error(tmp_path: Path) -> None:
-    (p,) = problems.load_problems(write_jsonl(tmp_path / "p.jsonl", [{**QRL, "language": "q"}]))
-    assert p.language == "q"
-    with pytest.raises(UserError, match="no executor for language 'q'"):
-        problems.prepare(p, "f:{x}")
+    (p,) = problems.load_problems(write_jsonl(tmp_path / "p.jsonl", [{**QRL, "language": "rust"}]))
+    assert p.language == "rust"
+    with pytest.raises(UserError, match="no executor for language 'rust'"):
+        problems.prepare(p, "fn f() {}")
 
 
 # ------------------------------------------------------------------------------------------------ plain data

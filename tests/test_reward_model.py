@@ -18,7 +18,6 @@ import problems
 from data_loading import UserError
 from reward_model import (
     STATUSES,
-    RewardWeights,
     ScoreResult,
     TestCaseReward,
     Timing,
@@ -155,12 +154,19 @@ def test_pass_at_k_table_uses_every_k_the_samples_allow() -> None:
     )
 
 
-def test_reward_weights_from_config() -> None:
-    assert RewardWeights.from_dict({"partial": 1, "passed": 0}) == RewardWeights(passed=0.0, partial=1.0)
-    with pytest.raises(UserError, match="unknown reward weight"):
-        RewardWeights.from_dict({"speed": 1})
-    with pytest.raises(UserError, match="must be a number"):
-        RewardWeights.from_dict({"time": "fast"})
+def test_reward_weights_come_from_the_config_rewards_section(tmp_path: Path) -> None:
+    from run_config import RL_SECTIONS, ConfigError, parse_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("rewards:\n  reward_partial: 1\n  reward_pass: 0\n")
+    weights = parse_config(RL_SECTIONS, ["--config", str(config)]).rewards
+    assert (weights.reward_pass, weights.reward_partial, weights.reward_all_pass_bonus) == (0.0, 1.0, 0.2)
+    config.write_text("rewards:\n  speed: 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'rewards.speed'"):
+        parse_config(RL_SECTIONS, ["--config", str(config)])
+    config.write_text("rewards:\n  reward_time: fast\n")
+    with pytest.raises(ConfigError, match="rewards.reward_time: cannot read 'fast' as float"):
+        parse_config(RL_SECTIONS, ["--config", str(config)])
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
@@ -375,9 +381,8 @@ def test_score_command(problem_file: Path, tmp_path: Path) -> None:
     imported = {
         line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
     }
-    assert "numpy" not in imported and not {
-        m for m in imported if m.split(".")[0] in ("torch", "transformers", "trl")
-    }
+    # The options parser is transformers' HfArgumentParser (shared with training), but torch never loads.
+    assert not {m for m in imported if m.split(".")[0] in ("torch", "trl")}
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(r["task_id"], r["status"]) for r in lines] == [
         ("rle", "passed"), ("rle", "failed"), ("rle", "syntax_error"), ("sum", "passed"), ("rle", "passed"),
@@ -414,7 +419,7 @@ def test_score_command_bad_input(
                "--output", str(tmp_path / "o.jsonl"))  # fmt: skip
     assert proc.returncode == 2
     assert (
-        proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+        proc.stderr.count("\n") == 1 and proc.stderr.startswith("reward_model.py score: error: ") and "Traceback" not in proc.stderr
     )
     assert __import__("re").search(message, proc.stderr), proc.stderr
 
@@ -423,3 +428,70 @@ def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
     proc = cli("reward_model.py", "score", "--problems", str(problem_file), "--completions", str(problem_file),
                "--output", str(tmp_path / "o.jsonl"), "--workers", "0")  # fmt: skip
     assert proc.returncode == 2 and "error: --workers must be at least 1" in proc.stderr
+
+
+# --- the composite reward (test cases plus code quality) -------------------------------------------------------
+
+def composite_problem():
+    from problems import parse_problem
+    from data_loading import Record
+
+    row = {"task_id": "py/sq", "language": "python", "prompt": "Write `square(x)` returning x*x.",
+           "entry_point": "square", "reference_solution": "def square(x):\n    return x * x\n",
+           "tests": [{"args": [2], "expected": 4}, {"args": [-3], "expected": 9}]}
+    return parse_problem(Record(row, "mem:1"))
+
+
+COMPOSITE_GOOD = '```python\ndef square(x):\n    """Return x squared, for any number x."""\n    return x * x\n```'
+COMPOSITE_UGLY = "```python\ndef square( x ):\n  l=x*x;return l\n```"
+COMPOSITE_WRONG = '```python\ndef square(x):\n    """Return x squared, for any number x."""\n    return x + x\n```'
+
+
+def test_composite_weights_quality_on_top_of_test_cases():
+    from code_quality import QualityConfig
+    from reward_model import CompositeReward, Sample, TestCaseReward
+    from run_config import RewardArguments
+
+    weights = RewardArguments(reward_time=0.0, reward_quality=0.4)
+    with TestCaseReward([composite_problem()], weights=weights, workers=1) as tests:
+        composite = CompositeReward(tests, QualityConfig(), scale=2.0)
+        good, ugly, wrong = composite.score_samples([Sample(COMPOSITE_GOOD, "py/sq"), Sample(COMPOSITE_UGLY, "py/sq"), Sample(COMPOSITE_WRONG, "py/sq")])
+        plain = tests.score_samples([Sample(COMPOSITE_GOOD, "py/sq")])[0]
+    assert good.passed and ugly.passed and not wrong.passed
+    assert good.reward == pytest.approx(2.0 * (plain.reward + 0.4 * good.components["quality"]))
+    assert good.components["quality"] > ugly.components["quality"]
+    assert good.reward > ugly.reward > wrong.reward  # quality separates passing answers, never outweighs passing
+    for key in ("pass", "partial", "all_pass_bonus", "time", "quality", "quality_style", "quality_docs",
+                "quality_complexity"):
+        assert key in good.components
+
+
+def test_composite_logs_every_component_by_name_and_keeps_none_for_infra_errors():
+    from reward_model import CompositeReward, ScoreResult, TestCaseReward
+
+    logged = {}
+    with TestCaseReward([composite_problem()], workers=1) as tests:
+        composite = CompositeReward(tests)
+        rewards = composite(completions=[[{"role": "assistant", "content": COMPOSITE_GOOD}]], task_id=["py/sq"],
+                            log_metric=lambda name, value: logged.__setitem__(name, value))
+        infra = ScoreResult(task_id="py/sq", reward=None, status="infra_error")
+        assert composite._combine(infra, None) is infra
+    assert rewards[0] > 1.0
+    assert {"composite/pass", "composite/quality", "composite/quality_style", "composite/status/passed"} <= logged.keys()
+
+
+def test_score_components_and_a_run_config(problem_file: Path, tmp_path: Path) -> None:
+    """--components scores the composite; a run's config.yaml (with training sections) gives the weights."""
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text(json.dumps({"task_id": "sum", "completion": GOOD["sum"]}) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  learning_rate: 1.0e-5\nrewards:\n  reward_quality: 0.5\n  reward_time: 0\n")
+    output = tmp_path / "results.jsonl"
+    proc = cli("reward_model.py", "score", "--problems", str(problem_file), "--completions", str(completions),
+               "--output", str(output), "--components", "--config", str(config), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = json.loads(output.read_text())
+    quality = line["components"]["quality"]
+    assert {"quality_style", "quality_docs", "quality_complexity", "pass", "partial"} <= line["components"].keys()
+    assert line["reward"] == pytest.approx(1.0 + 0.5 + 0.2 + 0.5 * quality)
+    assert "components (mean):" in proc.stdout and "quality " in proc.stdout

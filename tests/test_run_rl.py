@@ -65,8 +65,16 @@ def test_bad_inputs_are_one_clear_line(base, tmp_path, tiny_model):
 
 
 def test_paths_not_built_yet_say_so(tmp_path):
-    proc = cli(["--max_steps", "1"], tmp_path)
+    proc = cli(["--max_steps", "1", "--use_reward_model"], tmp_path)
     assert_one_line_error(proc, "not available yet")
+
+
+def test_trl_option_checks_are_one_line(tiny_model, tmp_path):
+    proc = cli(["--test_case_rewards_only", "--base_model", str(tiny_model), "--batch_size", "3",
+                "--gradient_accumulation_steps", "1", "--num_generations", "4", "--output_dir", str(tmp_path / "o")],
+               tmp_path)
+    assert_one_line_error(proc, "GRPOConfig:", "divisible")
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_lists_the_flags(tmp_path):
