@@ -114,7 +114,7 @@ def test_qlora_without_bitsandbytes_or_gpu_is_a_clear_error(dpo_argv, tmp_path, 
 @pytest.mark.parametrize("flags, message", [
     (["--load_in_4bit", "--no_peft"], "trains LoRA adapters on frozen 4-bit weights: drop --no_peft"),
     (["--fp16", "--bf16"], "choose one precision"),
-    (["--optim", "adamw_sgd_magic"], "--optim adamw_sgd_magic: unknown optimizer"),
+    (["--optim", "adamw_sgd_magic"], "DPOConfig: adamw_sgd_magic is not a valid OptimizerNames"),
     (["--vllm_gpu_memory_utilization", "1.5"], "must be in"),
 ])
 def test_memory_options_that_cannot_work_stop_at_start(dpo_argv, tmp_path, flags, message):
