@@ -92,7 +92,69 @@ def peft_config(cfg: Config, task_type: str = "CAUSAL_LM"):
 def model_init_kwargs(cfg: Config) -> dict[str, Any]:
     import torch
 
-    return {"dtype": torch.bfloat16 if cfg.model.bf16 else torch.float32}
+    mem = cfg.memory
+    # fp16 autocast needs fp32 master weights for what trains; LoRA adapters are fp32 anyway, so the base may be fp16.
+    half = torch.float16 if mem.fp16 and cfg.lora.use_peft else torch.float32
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cfg.model.bf16 else half}
+    if mem.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+            bnb_4bit_quant_storage=kwargs["dtype"],  # stored as the compute dtype, so that ZeRO-3 and FSDP can shard it
+        )
+    return kwargs
+
+
+def memory_arguments(cfg: Config) -> dict[str, Any]:
+    """The memory options as TrainingArguments (every TRL path); precision's bf16 is mapped with the model's."""
+    mem = cfg.memory
+    return dict(fp16=mem.fp16, optim=mem.optim, torch_compile=mem.torch_compile)
+
+
+def generation_arguments(cfg: Config) -> dict[str, Any]:
+    """Where GRPO generates: vLLM's share of each GPU (colocate) or the server's URL (server); under ZeRO-3
+    without vLLM, whether the weights are gathered whole."""
+    mem = cfg.memory
+    return dict(
+        vllm_gpu_memory_utilization=mem.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=mem.vllm_tensor_parallel_size,
+        vllm_server_base_url=mem.vllm_server_base_url,
+        ds3_gather_for_generation=mem.ds3_gather_for_generation,
+    )
+
+
+def check_scaling(cfg: Config) -> None:
+    """Memory and launch options this machine cannot honour: one line each, at start, before any model loads."""
+    import importlib.util
+
+    import torch
+
+    mem = cfg.memory
+    gpu = torch.cuda.is_available()
+    bnb = importlib.util.find_spec("bitsandbytes") is not None
+    if mem.fp16 and cfg.model.bf16:
+        raise UserError("--fp16 and --bf16: choose one precision")
+    if mem.fp16 and not gpu:
+        raise UserError("--fp16 needs a CUDA GPU (none found); train in fp32 (the default) or with --bf16")
+    if mem.load_in_4bit:
+        if not cfg.lora.use_peft:
+            raise UserError("--load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights: drop --no_peft")
+        missing = [what for what, ok in (("a CUDA GPU", gpu), ("the bitsandbytes package", bnb)) if not ok]
+        if missing:
+            raise UserError(
+                f"--load_in_4bit (QLoRA) needs {' and '.join(missing)} (pip install bitsandbytes, on a CUDA machine); "
+                "without them, train LoRA adapters (the default) on unquantized weights"
+            )
+    from transformers import trainer_optimizer  # an unknown name is TRL's config check (trl_config)
+
+    if mem.optim in getattr(trainer_optimizer, "_BITSANDBYTES_OPTIMIZERS", ()) and not bnb:
+        raise UserError(f"--optim {mem.optim} needs the bitsandbytes package (pip install bitsandbytes)")
+    if not 0 < mem.vllm_gpu_memory_utilization <= 1:
+        raise UserError(f"--vllm_gpu_memory_utilization must be in (0, 1] (got {mem.vllm_gpu_memory_utilization})")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not gpu and os.environ.get("RANK", "0") == "0":
+        print("FSDP needs GPUs: without one, accelerate trains these processes with plain DDP (gloo)", flush=True)
 
 
 def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool) -> dict[str, Any]:
@@ -126,6 +188,7 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
         seed=m.seed,
         report_to=["wandb"] if cfg.tracking.wandb else "none",
         model_init_kwargs=model_init_kwargs(cfg),
+        **memory_arguments(cfg),
         **extra,
     )
 
@@ -188,11 +251,30 @@ def _wandb_logged_in() -> bool:
 
 def save_final_model(trainer, tokenizer, folder: RunFolder) -> Path:
     """The final model as an ordinary checkpoint (LoRA merged into the base), loadable with from_pretrained."""
+    if trainer.is_fsdp_enabled:
+        return _save_final_sharded(trainer, tokenizer, folder)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
         model.save_pretrained(folder.final_model)
+        tokenizer.save_pretrained(folder.final_model)
+    trainer.accelerator.wait_for_everyone()
+    return folder.final_model
+
+
+def _save_final_sharded(trainer, tokenizer, folder: RunFolder) -> Path:
+    """Under FSDP the weights are shards on every rank: the Trainer gathers them into files (whole weights, or the
+    adapters for LoRA), then the main process merges the adapters into the base on the CPU."""
+    trainer.save_model(str(folder.final_model))
+    if trainer.accelerator.is_main_process:
+        if is_adapter(folder.final_model):
+            from peft import AutoPeftModelForCausalLM
+
+            merged = AutoPeftModelForCausalLM.from_pretrained(folder.final_model, device_map="cpu").merge_and_unload()
+            for path in folder.final_model.glob("adapter_*"):
+                path.unlink()
+            merged.save_pretrained(folder.final_model)
         tokenizer.save_pretrained(folder.final_model)
     trainer.accelerator.wait_for_everyone()
     return folder.final_model
@@ -315,6 +397,7 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
         mask_truncated_completions=g.mask_truncated_completions,
         use_vllm=g.use_vllm,
         vllm_mode=g.vllm_mode,
+        **generation_arguments(cfg),
         log_completions=False,
     )
     return _grpo_class()(

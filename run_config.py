@@ -106,6 +106,35 @@ class LoraArguments:
 
 
 @dataclass
+class MemoryArguments:
+    """What makes a big model fit: precision, 4-bit weights, optimizer, compilation, where vLLM generates.
+
+    Precision lives here and in --bf16, not in the accelerate config, so that one flag decides it.
+    """
+
+    fp16: bool = _opt(False, "fp16 mixed precision (GPU only; prefer --bf16 on Ampere or newer).")
+    load_in_4bit: bool = _opt(
+        False, "QLoRA: load the base model in 4-bit NF4 (bitsandbytes, CUDA GPU) and train LoRA adapters on it."
+    )
+    optim: str = _opt(
+        "adamw_torch", "Optimizer, by its transformers name: adamw_torch, adamw_torch_fused, adafactor, "
+        "adamw_8bit, paged_adamw_8bit, ... (8-bit and paged ones need bitsandbytes).",
+    )
+    torch_compile: bool = _opt(False, "Compile the model with torch.compile (the first steps are slow).")
+    vllm_gpu_memory_utilization: float = _opt(
+        0.3, "GRPO with --use_vllm --vllm_mode colocate: share of each GPU's memory vLLM takes (weights + KV cache)."
+    )
+    vllm_tensor_parallel_size: int = _opt(1, "GRPO with vLLM colocate: GPUs each vLLM engine spans.")
+    vllm_server_base_url: str | None = _opt(
+        None, "GRPO with --vllm_mode server: URL of `trl vllm-serve` (default: TRL's, port 8000 on this host)."
+    )
+    ds3_gather_for_generation: bool = _opt(
+        True, "GRPO under ZeRO-3 without vLLM: gather the whole weights on each GPU to generate (fast; they must fit "
+        "once); false generates layer by layer (slow, fits any size).",
+    )
+
+
+@dataclass
 class TrackingArguments:
     """Weights & Biases; nothing is sent anywhere without --wandb."""
 
@@ -207,6 +236,7 @@ RL_SECTIONS: dict[str, type] = {
     "run": RunArguments,
     "data": DataArguments,
     "lora": LoraArguments,
+    "memory": MemoryArguments,
     "tracking": TrackingArguments,
     "grpo": GRPOArguments,
     "evaluation": EvalArguments,
@@ -282,6 +312,7 @@ REWARD_MODEL_SECTIONS: dict[str, type] = {
         (RewardDataArguments, None), (DataArguments, ["eval_data", "eval_split"]),
     ),
     "lora": LoraArguments,
+    "memory": MemoryArguments,
     "tracking": TrackingArguments,
     "generation": section(
         "GenerationArguments", "How answers are sampled: mined pairs and policy-written negatives.",

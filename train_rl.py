@@ -21,6 +21,7 @@ from q_trl_training import (
     build_grpo_trainer,
     build_prompt,
     check_reward_model,
+    check_scaling,
     check_vllm,
     load_for_generation,
     check_wandb,
@@ -105,6 +106,7 @@ def _prepare(cfg: Config, name: str | None = None) -> tuple[RunFolder, Path | No
     resume = folder.resolve_resume(cfg.run.resume_from_checkpoint)
     folder.check_can_start(resume, cfg.run.overwrite_output_dir)
     check_wandb(cfg, name)
+    check_scaling(cfg)
     return folder, resume, name
 
 
@@ -157,7 +159,7 @@ def train_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) ->
     if not cfg.data.reward_model_path:
         raise UserError("--use_reward_model needs --reward_model_path (a model written by train_reward_model.py)")
     check_reward_model(cfg.data.reward_model_path)
-    _check_lengths(cfg)
+    _check_ppo_options(cfg)
     from reward_model import LearnedReward
 
     tokenizer = load_tokenizer(resolve_base_model(cfg.model.base_model))
@@ -173,7 +175,7 @@ def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, rewa
     Rows hold ``prompt`` and any columns the reward function reads (``task_id``...); text prompts become a
     user turn of the policy's chat template.
     """
-    _check_lengths(cfg)
+    _check_ppo_options(cfg)
     model_path = resolve_base_model(cfg.model.base_model)
     tokenizer = load_tokenizer(model_path)
     chat = [{**r, "prompt": as_chat(tokenizer, r["prompt"])} for r in train_rows]
@@ -183,7 +185,14 @@ def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, rewa
     _run(trainer, tokenizer, folder, cfg, resume)
 
 
-def _check_lengths(cfg: Config) -> None:
+def _check_ppo_options(cfg: Config) -> None:
+    """What the toolkit's PPO trainer does not implement is refused, not ignored."""
+    mem = cfg.memory
+    unsupported = [flag for flag, on in (("--fp16", mem.fp16), ("--load_in_4bit", mem.load_in_4bit),
+                                         ("--torch_compile", mem.torch_compile),
+                                         (f"--optim {mem.optim}", mem.optim != "adamw_torch")) if on]
+    if unsupported:
+        raise UserError(f"PPO trains in fp32 or --bf16 with AdamW; it does not support {', '.join(unsupported)}")
     if cfg.model.max_seq_length <= cfg.grpo.max_completion_length:
         raise UserError(f"--max_seq_length ({cfg.model.max_seq_length}) must exceed --max_completion_length "
                         f"({cfg.grpo.max_completion_length}): the prompt needs room")
@@ -451,7 +460,12 @@ class PassAtKEvaluator:
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         mine = self.problems[rank::world]
         prompts = [build_prompt(p, self.tokenizer) for p in mine]
+        # Sharded weights (ZeRO-3, FSDP) make every forward pass a collective: each rank samples as many prompts as
+        # the largest share, padding with one whose answers are dropped, or the ranks with more would wait forever.
+        padding = -(-len(self.problems) // world) - len(mine)
+        prompts += [build_prompt(self.problems[0], self.tokenizer)] * padding if self.problems else []
         answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens)
+        answers = answers[:len(mine)]
         from reward_model import Sample
 
         batch = [Sample(a, p.task_id) for p, group in zip(mine, answers) for a in group]

@@ -195,6 +195,7 @@ def test_bad_ppo_inputs_are_one_clear_line(ppo_argv, tiny_model, tmp_path, capsy
         (["--use_dpo", "--rl_algorithm", "ppo"], "--rl_algorithm ppo is for the test-case paths"),
         (ppo_argv + ["--rl_algorithm", "sarsa"], "invalid choice: 'sarsa'"),
         (ppo_argv + ["--lam", "1.5"], "--lam must be between 0 and 1"),
+        (ppo_argv + ["--optim", "adafactor"], "does not support --optim adafactor"),
     ]
     for k, (argv, needle) in enumerate(cases):
         if k == 0:  # as a user meets it: a process that prints one line and exits 2
