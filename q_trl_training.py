@@ -769,6 +769,8 @@ class PPOTrainer:
         self.sampling = GenerationConfig(do_sample=True, temperature=args.temperature, **common)
         self.greedy = GenerationConfig(do_sample=False, **common)
 
+    is_fsdp_enabled = False  # one process, whole weights: save_final_model saves it as it saves the others
+
     @property
     def model(self):
         """The policy, for saving (the value head is part of checkpoints only)."""

@@ -158,10 +158,22 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
             mining.write_mined(folder, mined[0], mined[1], cfg.mining.mine_pairs_from)
 
     def after_train() -> None:
+        """The saved model's exact held-out pairwise accuracy and margin, pair by pair (the trainer's own
+        evaluations average over batches), scored as LearnedReward will score for PPO."""
         data = folder.read_json(folder.eval_json)
-        if data["steps"]:
-            last = data["steps"][-1]
-            data["final"] = {k: last[k] for k in ("step", "accuracy", "margin", "loss") if k in last}
+        if eval_rows:
+            from reward_model import LearnedReward
+
+            reward = LearnedReward(str(folder.final_model), batch_size=2 * cfg.model.batch_size,
+                                   max_length=cfg.model.max_seq_length)
+            prompts = [r["prompt"] for r in eval_rows]
+            chosen = reward.score_texts(prompts, [r["chosen"] for r in eval_rows])
+            rejected = reward.score_texts(prompts, [r["rejected"] for r in eval_rows])
+            margins = [c - r for c, r in zip(chosen, rejected)]
+            data["final"] = {"step": cfg.model.max_steps, "accuracy": sum(m > 0 for m in margins) / len(margins),
+                             "margin": sum(margins) / len(margins), "pairs": len(margins)}
+            folder.log_line(f"final model on {len(margins)} held-out pairs: accuracy {data['final']['accuracy']:.4f}, "
+                            f"margin {data['final']['margin']:.4f}")
         data.update(train_pairs=len(train_rows), eval_pairs=len(eval_rows), sources=counts)
         folder.write_json(folder.eval_json, data)
 
