@@ -63,9 +63,6 @@ def train(cfg: Config) -> RunFolder:
     method = method_of(cfg)
     if cfg.evaluation.eval_only:
         return evaluate_only(cfg)
-    if method not in TRAINERS:
-        flag = next((f"--{f}" for f, m in METHODS.items() if m == method), "the default path (no method flag)")
-        raise UserError(f"{flag} is not available yet in this version; use --use_dpo")
     _check_method_options(cfg, method)
     folder, resume, name = _prepare(cfg)
     from accelerate import PartialState
