@@ -33,7 +33,9 @@ def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]
     from q_trl_training import build_prompt, load_for_generation, resolve_base_model, sample_completions
 
     m = cfg.mining
-    problems = load_problems(m.mine_pairs_from)
+    problems = [p for p in load_problems(m.mine_pairs_from) if p.split != "eval"]  # held-out problems never train
+    if not problems:
+        raise DataError(f"{m.mine_pairs_from}: no problems to mine (all are in the 'eval' split)")
     model_path = resolve_base_model(m.policy_model or cfg.model.base_model)
     model, tokenizer = load_for_generation(model_path, cfg)
     set_seed(cfg.model.seed)

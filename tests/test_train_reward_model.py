@@ -257,3 +257,29 @@ def test_mined_pairs_for_dpo_and_a_harvest_of_nothing(tiny_model, problems_file,
     same = lambda problems, answers: [[ScoredAnswer(a, 0, 5) for a in group] for group in answers]  # noqa: E731
     with pytest.raises(DataError, match="mining found no pairs .*--mine_samples"):
         mining.mine(cfg, scorer=same)
+
+
+def test_mining_never_samples_held_out_problems(tiny_model, tmp_path):
+    """Problems in the 'eval' split are held out: mining (for DPO or a reward model) never sees them."""
+    import mining
+    from conftest import problem_rows
+    from reward_data import ScoredAnswer
+    from run_config import RL_SECTIONS
+
+    rows = problem_rows(3)
+    rows[1] = {**rows[1], "split": "eval"}
+    path = write_jsonl(tmp_path / "problems.jsonl", rows)
+    cfg = parse_config(RL_SECTIONS, ["--base_model", str(tiny_model), "--mine_pairs_from", str(path),
+                                     "--mine_samples", "2", "--max_completion_length", "4"])
+    seen = []
+
+    def scorer(problems, answers):
+        seen.extend(p.task_id for p in problems)
+        return [[ScoredAnswer(a, i % 2, 1) for i, a in enumerate(group)] for group in answers]
+
+    mined, _ = mining.mine(cfg, scorer=scorer)
+    assert seen == [rows[0]["task_id"], rows[2]["task_id"]]
+    assert {r["task_id"] for r in mined} == set(seen)
+    write_jsonl(path, [{**r, "split": "eval"} for r in rows])
+    with pytest.raises(DataError, match="no problems to mine .*'eval' split"):
+        mining.mine(cfg, scorer=scorer)

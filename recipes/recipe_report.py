@@ -1,0 +1,138 @@
+"""Before/after comparison for the recipes: pass@1 per evaluation, per-problem change, and whether it is noise.
+
+With a few dozen held-out problems the question is not only "did pass@1 rise" but "by more than chance": the
+unit is the problem (its samples are not independent), so the change is tested over problems, with a sign test
+on the problems that moved and a bootstrap interval of the mean per-problem change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from data_loading import atomic_write
+
+
+def load_eval(folder: Path, label: str) -> dict[str, Any]:
+    """One --eval_only run: its metrics, and passes per problem from its samples file."""
+    metrics = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1]
+    per_problem: dict[str, list[int]] = {}
+    (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
+    for line in samples.read_text().splitlines():
+        s = json.loads(line)
+        counts = per_problem.setdefault(s["task_id"], [0, 0])
+        counts[0] += bool(s["passed"])
+        counts[1] += 1
+    keep = ("problems", "samples", "pass@1", "reward") + tuple(k for k in metrics if k.startswith(("pass@", "status/")))
+    return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
+            "solved_problems": sum(p > 0 for p, _ in per_problem.values()), "per_problem": per_problem}
+
+
+def sign_test(better: int, worse: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven if a change were a coin toss."""
+    n = better + worse
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(better, worse) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_interval(diffs: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean per-problem change, resampling problems."""
+    if not diffs:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(resamples))
+    return (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1])
+
+
+def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The change from one evaluation to another over the problems both saw."""
+    tasks = sorted(set(before["per_problem"]) & set(after["per_problem"]))
+    rate = lambda ev, t: ev["per_problem"][t][0] / ev["per_problem"][t][1]  # noqa: E731
+    diffs = [rate(after, t) - rate(before, t) for t in tasks]
+    better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    low, high = bootstrap_interval(diffs)
+    p = sign_test(better, worse)
+    return {
+        "from": before["label"], "to": after["label"], "problems": len(tasks),
+        "pass@1_change": round(sum(diffs) / len(diffs), 4) if diffs else 0.0,
+        "pass@1_change_95ci": [round(low, 4), round(high, 4)],
+        "problems_better": better, "problems_worse": worse,
+        "solved_problems_change": after["solved_problems"] - before["solved_problems"],
+        "sign_test_p": round(p, 4),
+        "beyond_noise": bool(low > 0 and p < 0.05),
+        "improved_tasks": [t for t, d in zip(tasks, diffs) if d > 0],
+        "worsened_tasks": [t for t, d in zip(tasks, diffs) if d < 0],
+    }
+
+
+def training_curves(folder: Path) -> dict[str, Any]:
+    """What a training round logged: DPO's per-step numbers and what mining found."""
+    steps = json.loads((folder / "logs" / "rewards.json").read_text())["steps"]
+    keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
+    curve = [{"step": s["step"], **{k: round(s[k], 4) for k in keys if s.get(k) is not None}} for s in steps]
+    mining = folder / "logs" / "mining.json"
+    return {"run": str(folder), "steps": curve, "mining": json.loads(mining.read_text()) if mining.is_file() else None}
+
+
+def compare(evals: list[dict[str, Any]], trainings: list[Path]) -> dict[str, Any]:
+    return {
+        "held_out": {"problems": evals[0]["problems"], "samples_per_problem": evals[0]["samples"] // max(1, evals[0]["problems"])},
+        "evaluations": evals,
+        "change": change(evals[0], evals[-1]),
+        "rounds": [change(a, b) for a, b in zip(evals, evals[1:])],
+        "training": [training_curves(t) for t in trainings],
+    }
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """pass@1 per evaluation beside the training curves of each round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [e["label"] for e in report["evaluations"]]
+    values = [e["pass@1"] for e in report["evaluations"]]
+    left.bar(labels, values, color=["#999999"] + ["#3b75af"] * (len(values) - 1))
+    for i, v in enumerate(values):
+        left.text(i, v, f"{v:.3f}", ha="center", va="bottom")
+    c = report["change"]
+    left.set_title(f"held-out pass@1 ({c['problems']} problems): "
+                   f"{c['problems_better']} better, {c['problems_worse']} worse, p={c['sign_test_p']}")
+    left.set_ylabel("pass@1")
+    offset = 0
+    for r, t in enumerate(report["training"], 1):
+        steps = [s["step"] + offset for s in t["steps"] if "rewards/margins" in s]
+        right.plot(steps, [s["rewards/margins"] for s in t["steps"] if "rewards/margins" in s], label=f"margin {r}")
+        right.plot(steps, [s["rewards/accuracies"] for s in t["steps"] if "rewards/margins" in s], "--",
+                   label=f"accuracy {r}")
+        offset = steps[-1] if steps else offset
+    right.set_xlabel("DPO step")
+    right.set_title("DPO reward margin and accuracy (mined pairs)")
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict[str, Any], paths: list[Path], png: Path) -> None:
+    text = json.dumps(report, indent=2) + "\n"
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text)
+        if png.parent != path.parent:
+            shutil.copyfile(png, path.with_suffix(".png"))
+    c = report["change"]
+    rows = ", ".join(f"{e['label']} {e['pass@1']:.3f} ({e['solved_problems']} solved)" for e in report["evaluations"])
+    print(f"\nheld-out pass@1: {rows}\nchange {c['pass@1_change']:+.3f} (95% CI {c['pass@1_change_95ci']}), "
+          f"{c['problems_better']} problems better, {c['problems_worse']} worse, sign test p={c['sign_test_p']}"
+          f"{'' if c['beyond_noise'] else ': within sampling noise'}\nreport: {paths[0]}")

@@ -1,0 +1,68 @@
+"""The recipes run end to end in a tiny mode, and their report's statistics say what they should."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import problem_rows, write_jsonl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
+
+from recipe_report import bootstrap_interval, change, sign_test  # noqa: E402
+
+
+def test_sign_test():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(3, 3) == 1.0
+    assert sign_test(10, 1) < 0.05 < sign_test(6, 2)
+
+
+def test_bootstrap_interval_holds_the_mean():
+    low, high = bootstrap_interval([0.0, 0.5, 0.25, 0.0, 1.0])
+    assert low < 0.35 < high
+    assert bootstrap_interval([0.5] * 10) == (0.5, 0.5)
+
+
+def _eval(label, per_problem):
+    return {"label": label, "per_problem": per_problem,
+            "solved_problems": sum(p > 0 for p, _ in per_problem.values())}
+
+
+def test_change_counts_problems_not_samples():
+    before = _eval("eval-0", {f"t{i}": [0, 4] for i in range(12)})
+    after = _eval("eval-1", {**{f"t{i}": [2, 4] for i in range(10)}, "t10": [0, 4], "t11": [0, 4]})
+    c = change(before, after)
+    assert c["problems"] == 12 and c["problems_better"] == 10 and c["problems_worse"] == 0
+    assert c["pass@1_change"] == pytest.approx(10 * 0.5 / 12, abs=1e-4)
+    assert c["solved_problems_change"] == 10 and c["beyond_noise"] and c["sign_test_p"] < 0.01
+    one = change(before, _eval("eval-1", {**before["per_problem"], "t0": [1, 4]}))
+    assert one["problems_better"] == 1 and not one["beyond_noise"]
+
+
+def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
+    """Two problems (one to mine, one held out), one DPO step, evaluations before and after, the report."""
+    import mined_dpo
+
+    rows = problem_rows(2)
+    rows[1] = {**rows[1], "split": "eval"}
+    problems = write_jsonl(tmp_path / "problems.jsonl", rows)
+    report = tmp_path / "report" / "mined_dpo.json"
+    argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
+            "--report", str(report), "--",
+            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--eval_num_samples", "2",
+            "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
+    assert mined_dpo.main(argv) == 0
+    data = json.loads(report.read_text())
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
+    assert all(list(e["per_problem"]) == [rows[1]["task_id"]] for e in data["evaluations"])
+    assert data["held_out"] == {"problems": 1, "samples_per_problem": 2}
+    assert data["change"]["problems"] == 1 and "sign_test_p" in data["change"]
+    (training,) = data["training"]
+    assert training["mining"]["problems"] == 1 and training["mining"]["pairs"] >= 1  # the held-out one is not mined
+    assert [s["step"] for s in training["steps"] if "rewards/margins" in s] == [1]
+    assert report.with_suffix(".png").is_file() and (tmp_path / "out" / "mined_dpo" / "results" / "mined_dpo.png").is_file()
+    assert data["evaluations"][1]["model"].endswith("dpo-1/checkpoints/final")
+    assert mined_dpo.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
