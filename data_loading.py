@@ -77,7 +77,8 @@ def require_fields(record: Record, fields: Iterable[str]) -> None:
         raise DataError(f"{record.where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A data file as text; unreadable or non-UTF-8 files become one DataError line."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -88,7 +89,7 @@ def _read_text(path: Path) -> str:
 
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -106,7 +107,7 @@ def _read_jsonl(path: Path) -> list[Record]:
 
 def _read_json(path: Path) -> list[Record]:
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):

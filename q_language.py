@@ -45,7 +45,7 @@ from typing import Any
 
 import harness
 import problems
-from data_loading import DataError, Record, UserError, require_fields
+from data_loading import DataError, Record, UserError, read_text, require_fields
 from problems import Job, Problem, Submission, Verdict
 from sandbox import UID_BASE
 
@@ -119,11 +119,11 @@ def _msml_problem(folder: Path) -> Problem:
         raise DataError(f"{folder}: {missing} is missing (every test script needs its expected output)")
     tests = []
     for n in sorted(scripts):
-        script = _read(scripts[n])
+        script = read_text(scripts[n])
         if not _SHOW_RESULT.search(script.rstrip()):
             raise DataError(f"{scripts[n]}: a test script must end in `show result;` (the MSML layout)")
-        tests.append(ScriptTest(script, _read(answers[n]), scripts[n].name))
-    description = _read(folder / "problem_description.txt")
+        tests.append(ScriptTest(script, read_text(answers[n]), scripts[n].name))
+    description = read_text(folder / "problem_description.txt")
     if not description.strip():
         raise DataError(f"{folder / 'problem_description.txt'}: empty")
     solution = folder / "q_solution.q"
@@ -134,20 +134,11 @@ def _msml_problem(folder: Path) -> Problem:
         tests=tuple(tests),  # type: ignore[arg-type] -- a Q test, run by the Q executor
         language="q",
         entry_point="solve",
-        reference=_read(solution) if solution.is_file() else None,
+        reference=read_text(solution) if solution.is_file() else None,
         split=split,
         source_format="msml",
         where=str(folder),
     )
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def detect(data: dict) -> str | None:

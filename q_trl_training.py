@@ -451,7 +451,8 @@ def build_reward_trainer(cfg: Config, model_path: str, tokenizer, train_dataset,
     """TRL's RewardTrainer: a one-output sequence classifier on the base model, Bradley-Terry loss on pairs."""
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(
+    args = trl_config(
+        RewardConfig,
         **trl_arguments(cfg, folder, run_name, has_eval=eval_dataset is not None),
         max_length=cfg.model.max_seq_length,
     )

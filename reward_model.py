@@ -11,7 +11,6 @@ later (code quality, composites, learned reward models) belong here too; import 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -21,7 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
 

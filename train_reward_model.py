@@ -111,7 +111,7 @@ def _sample(cfg: Config, prompts: list) -> list[list[str]]:
 
 
 def train_reward_model(cfg: Config) -> RunFolder:
-    from train_rl import _prepare, _run
+    from train_rl import _prepare
 
     folder, resume, name = _prepare(cfg, run_name(cfg))
     try:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_loading import UserError
 from reward_model import LearnedReward
 from q_trl_training import (
     AdaptiveKLController,
