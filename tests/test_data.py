@@ -18,6 +18,7 @@ from sandbox import default_workers
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PYTHON = DATA / "problems" / "python.jsonl"
+BASICS = DATA / "problems" / "python_basics.jsonl"
 Q = DATA / "q"
 PREFERENCES = (DATA / "preferences.jsonl", DATA / "preferences_eval.jsonl")
 
@@ -25,6 +26,11 @@ PREFERENCES = (DATA / "preferences.jsonl", DATA / "preferences_eval.jsonl")
 @pytest.fixture(scope="module")
 def python_problems() -> list[problems.Problem]:
     return problems.load_problems(PYTHON)
+
+
+@pytest.fixture(scope="module")
+def basics_problems() -> list[problems.Problem]:
+    return problems.load_problems(BASICS)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +58,39 @@ def test_python_references_pass_their_tests(python_problems: list[problems.Probl
     assert not failing
     assert not python_scorer.reference_failures
     assert sum(r.tests_total for r in results) == sum(len(p.tests) for p in python_problems)
+
+
+def test_python_basics_load(basics_problems: list[problems.Problem]) -> None:
+    assert len(basics_problems) == 120
+    assert sum(p.split == "train" for p in basics_problems) == 80
+    assert sum(p.split == "eval" for p in basics_problems) == 40
+    assert [p.task_id for p in basics_problems] == [f"basics/{i:03d}_{p.entry_point}" for i, p in
+                                                     enumerate(basics_problems, 1)]  # fmt: skip
+    assert all(p.language == "python" and p.difficulty == "easy" and p.reference and 4 <= len(p.tests) <= 6
+               and p.prompt.startswith(f"Write a Python function `{p.entry_point}(") for p in basics_problems)  # fmt: skip
+
+
+def test_python_basics_references_pass_and_empty_answers_fail(basics_problems: list[problems.Problem]) -> None:
+    with TestCaseReward(basics_problems, workers=default_workers()) as scorer:
+        results = scorer.score([(p, f"```python\n{p.reference}```") for p in basics_problems])
+        # An answer that returns None for everything passes no problem: no problem's tests are all None.
+        empty = scorer.score([(p, f"def {p.entry_point}(*args):\n    return None\n") for p in basics_problems])
+        assert not scorer.reference_failures
+    failing = {r.task_id: f"{r.status}: {r.detail}" for r in results if not r.passed}
+    assert not failing
+    assert sum(r.tests_total for r in results) == sum(len(p.tests) for p in basics_problems)
+    assert not [r.task_id for r in empty if r.passed]
+
+
+def test_problem_folder_keeps_train_and_eval_apart(python_problems: list[problems.Problem],
+                                                  basics_problems: list[problems.Problem]) -> None:  # fmt: skip
+    """``--train_data data/problems`` loads both files; no function is asked for in a train and an eval problem."""
+    folder = problems.load_problems(DATA / "problems")
+    assert len(folder) == len(python_problems) + len(basics_problems) == 184
+    train = {p.entry_point for p in folder if p.split == "train"}
+    held_out = {p.entry_point for p in folder if p.split == "eval"}
+    assert len(train) == 128 and len(held_out) == 56 and not train & held_out
+    assert len({p.prompt.strip() for p in folder}) == len(folder)
 
 
 def _prompt(row: dict) -> str:
