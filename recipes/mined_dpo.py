@@ -6,7 +6,7 @@
 
 Each step is a run_rl.py command, printed before it runs: an evaluation of the starting model on the held-out
 problems (the "eval" split of --problems), then per round: sample answers to the training problems, run them in
-the sandbox, pair passing over failing answers (the reference solution joins each problem's answers), DPO on
+the sandbox, pair the model's passing answers over its failing ones, DPO on
 those pairs, and an evaluation of the new model. The report (pass@1 before and after, how many problems changed,
 the sign test and a bootstrap interval over problems, what mining found, DPO's curves, wall time) goes to
 --report and beside the runs under --output_dir.
@@ -25,17 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recipe_report import compare, load_eval, plot, write_report  # noqa: E402
+from recipe_report import compare, load_eval, plot, write_report
 
-# The DPO step: settings found on the embedded model (see the README's "Recipes"); later flags override them.
+# The DPO step, as run for the README's "Recipes"; later flags override them. The pairs are the policy's own
+# answers, passing over failing: adding the reference solutions as chosen answers made the model copy their terse
+# style and lose held-out problems (recipes/results/mined_dpo_reference_pairs.json).
 DPO_FLAGS = [
-    "--learning_rate", "5e-5", "--batch_size", "4", "--gradient_accumulation_steps", "1", "--max_steps", "150",
-    "--kl_coef", "0.1", "--lora_r", "16", "--lora_alpha", "32", "--save_steps", "50", "--eval_steps", "0",
-    "--mine_samples", "8", "--mine_max_pairs", "6", "--mine_with_reference", "--temperature", "0.8",
-    "--max_completion_length", "192",
+    "--learning_rate", "3e-5", "--batch_size", "4", "--gradient_accumulation_steps", "1", "--max_steps", "60",
+    "--kl_coef", "0.1", "--lora_r", "16", "--lora_alpha", "32", "--save_steps", "20", "--eval_steps", "0",
+    "--no_gradient_checkpointing", "--mine_samples", "6", "--mine_max_pairs", "4", "--temperature", "0.8",
+    "--max_completion_length", "160",
 ]
 # Evaluation: sampled pass@1 over n answers a problem is steadier than one greedy answer on a few dozen problems.
-EVAL_FLAGS = ["--eval_num_samples", "8", "--eval_temperature", "0.8", "--max_completion_length", "192"]
+EVAL_FLAGS = ["--eval_num_samples", "4", "--eval_temperature", "0.8", "--max_completion_length", "160"]
 
 
 @dataclass

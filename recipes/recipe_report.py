@@ -11,8 +11,12 @@ import json
 import math
 import random
 import shutil
+import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
 from data_loading import atomic_write
 
@@ -53,7 +57,7 @@ def bootstrap_interval(diffs: list[float], resamples: int = 10000, seed: int = 0
 def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """The change from one evaluation to another over the problems both saw."""
     tasks = sorted(set(before["per_problem"]) & set(after["per_problem"]))
-    rate = lambda ev, t: ev["per_problem"][t][0] / ev["per_problem"][t][1]  # noqa: E731
+    rate = lambda ev, t: ev["per_problem"][t][0] / ev["per_problem"][t][1]
     diffs = [rate(after, t) - rate(before, t) for t in tasks]
     better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     low, high = bootstrap_interval(diffs)
@@ -74,8 +78,9 @@ def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 def training_curves(folder: Path) -> dict[str, Any]:
     """What a training round logged: DPO's per-step numbers and what mining found."""
     steps = json.loads((folder / "logs" / "rewards.json").read_text())["steps"]
-    keys = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
-    curve = [{"step": s["step"], **{k: round(s[k], 4) for k in keys if s.get(k) is not None}} for s in steps]
+    wanted = lambda k: k in ("loss", "reward", "reward_std") or k.startswith(("rewards/", "pass"))
+    curve = [{"step": s["step"], **{k: round(v, 4) for k, v in s.items() if wanted(k) and isinstance(v, float)}}
+             for s in steps]
     mining = folder / "logs" / "mining.json"
     return {"run": str(folder), "steps": curve, "mining": json.loads(mining.read_text()) if mining.is_file() else None}
 
@@ -85,7 +90,7 @@ def compare(evals: list[dict[str, Any]], trainings: list[Path]) -> dict[str, Any
         "held_out": {"problems": evals[0]["problems"], "samples_per_problem": evals[0]["samples"] // max(1, evals[0]["problems"])},
         "evaluations": evals,
         "change": change(evals[0], evals[-1]),
-        "rounds": [change(a, b) for a, b in zip(evals, evals[1:])],
+        "rounds": [change(a, b) for a, b in pairwise(evals)],
         "training": [training_curves(t) for t in trainings],
     }
 
@@ -109,13 +114,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     left.set_ylabel("pass@1")
     offset = 0
     for r, t in enumerate(report["training"], 1):
-        steps = [s["step"] + offset for s in t["steps"] if "rewards/margins" in s]
-        right.plot(steps, [s["rewards/margins"] for s in t["steps"] if "rewards/margins" in s], label=f"margin {r}")
-        right.plot(steps, [s["rewards/accuracies"] for s in t["steps"] if "rewards/margins" in s], "--",
-                   label=f"accuracy {r}")
-        offset = steps[-1] if steps else offset
-    right.set_xlabel("DPO step")
-    right.set_title("DPO reward margin and accuracy (mined pairs)")
+        # DPO logs its implicit reward margin and pair accuracy; GRPO and PPO the mean test-case reward
+        for key, style in (("rewards/margins", "-"), ("rewards/accuracies", "--"), ("reward", "-")):
+            points = [(s["step"] + offset, s[key]) for s in t["steps"] if key in s]
+            if points:
+                right.plot(*zip(*points), style, label=f"{key.split('/')[-1]} (round {r})")
+        offset = max([s["step"] + offset for s in t["steps"]], default=offset)
+    right.set_xlabel("training step")
+    right.set_title("training curves")
     right.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,3 +142,24 @@ def write_report(report: dict[str, Any], paths: list[Path], png: Path) -> None:
     print(f"\nheld-out pass@1: {rows}\nchange {c['pass@1_change']:+.3f} (95% CI {c['pass@1_change_95ci']}), "
           f"{c['problems_better']} problems better, {c['problems_worse']} worse, sign test p={c['sign_test_p']}"
           f"{'' if c['beyond_noise'] else ': within sampling noise'}\nreport: {paths[0]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The report of a recipe run as separate commands (the GPU recipe): --eval_only folders and training runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--evals", nargs="+", required=True, help="--eval_only run folders, the starting model first")
+    parser.add_argument("--training", nargs="*", default=[], help="the training run folders, in order")
+    parser.add_argument("--recipe", required=True, help="the recipe's name, for the report and its plot")
+    parser.add_argument("--report", required=True, help="the report's JSON file (a PNG goes beside it)")
+    args = parser.parse_args(argv)
+    evals = [load_eval(Path(f), Path(f).name) for f in args.evals]
+    report = {"recipe": args.recipe, **compare(evals, [Path(t) for t in args.training])}
+    png = plot(report, Path(args.report).with_suffix(".png"))
+    write_report(report, [Path(args.report)], png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

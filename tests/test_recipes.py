@@ -5,12 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import problem_rows, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from recipe_report import bootstrap_interval, change, sign_test  # noqa: E402
+from recipe_report import bootstrap_interval, change, sign_test
 
 
 def test_sign_test():
@@ -52,8 +51,8 @@ def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     report = tmp_path / "report" / "mined_dpo.json"
     argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
             "--report", str(report), "--",
-            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--eval_num_samples", "2",
-            "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
+            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--mine_with_reference",
+            "--eval_num_samples", "2", "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
     assert mined_dpo.main(argv) == 0
     data = json.loads(report.read_text())
     assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
@@ -66,3 +65,26 @@ def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     assert report.with_suffix(".png").is_file() and (tmp_path / "out" / "mined_dpo" / "results" / "mined_dpo.png").is_file()
     assert data["evaluations"][1]["model"].endswith("dpo-1/checkpoints/final")
     assert mined_dpo.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
+
+
+def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
+    """The GPU recipe's commands chain (evaluation, GRPO under accelerate launch, evaluation, report) on the CPU
+    with the tiny model; its GPU settings (bf16, vLLM) are replaced, so this checks the script, not the GPU run."""
+    import os
+    import subprocess
+
+    rows = problem_rows(2)
+    rows[1] = {**rows[1], "split": "eval"}
+    env = {**os.environ, "MODEL": str(tiny_model), "OUT": str(tmp_path / "out"), "NUM_PROCESSES": "1",
+           "PROBLEMS": str(write_jsonl(tmp_path / "problems.jsonl", rows)),
+           "GRPO": "--max_steps 1 --save_steps 1 --eval_steps 0 --batch_size 2 --num_generations 2",
+           "EVAL": "--eval_num_samples 2",
+           "EXTRA": "--gradient_accumulation_steps 1 --max_completion_length 8 --max_seq_length 512 --workers 1"}
+    script = Path(__file__).resolve().parent.parent / "recipes" / "gpu_grpo.sh"
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "gpu_grpo" / "results" / "gpu_grpo.json").read_text())
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
+    assert data["training"][0]["steps"][0]["step"] == 1 and "reward" in data["training"][0]["steps"][0]
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists" in again.stderr

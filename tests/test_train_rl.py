@@ -174,6 +174,13 @@ def test_test_case_rewards_only_run(grpo_argv):
     assert (folder.final_model / "config.json").is_file()
 
 
+def test_too_few_problems_for_one_generation_batch_is_a_clear_error(grpo_argv, tmp_path):
+    """TRL's sampler yields nothing when a generation batch wants more prompts than there are: say so, not step 0."""
+    with pytest.raises(UserError, match=r"2 training problems, but one GRPO generation batch takes 4 distinct prompts"):
+        run(grpo_argv + ["--test_case_rewards_only", "--gradient_accumulation_steps", "4"])
+    assert not (tmp_path / "out" / "g").exists()
+
+
 def test_default_path_logs_every_composite_component(grpo_argv):
     folder = run(grpo_argv + ["--eval_steps", "0"])
     last = json.loads(folder.rewards_json.read_text())["steps"][-1]
