@@ -507,6 +507,7 @@ class _Server:
         notes: list[str] = []
         self.mount_ns = bool(flags & CLONE_NEWNS)
         self.pid_ns = bool(flags & CLONE_NEWPID)
+        self.tmp_kept: set[str] = set()
         if self.mount_ns:
             notes += self._mount_filesystems()
         self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY) if self.pid_ns else -1
@@ -548,8 +549,16 @@ class _Server:
             k.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         owner = f",uid={self.uid},gid={self.uid}" if self.uid is not None else ""
         tmpfs = f"size={self.tmp_size},mode=0700{owner}"
+        cwd = os.getcwd()
+        os.chdir("/tmp")  # the working folder stays the real /tmp once the private one covers it
         k.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
-        notes = self._expose(self.readable) if self.uid is not None else []
+        try:
+            self.tmp_kept = self._keep_under_tmp()
+        finally:
+            os.chdir(cwd)
+        # The private /tmp belongs to the programs' uid: what is kept under it needs no opening up
+        outside_tmp = [p for p in self.readable if not os.path.abspath(p).startswith("/tmp/")]
+        notes = self._expose(outside_tmp) if self.uid is not None else []
         failed = []
         for target in _mount_points():
             if target == "/tmp":
@@ -565,6 +574,20 @@ class _Server:
                 failed.append(target)
         k.mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
         return notes + ([f"could not make read-only: {', '.join(failed)}"] if failed else [])
+
+    def _keep_under_tmp(self) -> set[str]:
+        """Interpreter and project folders that live under /tmp (a checkout in /tmp, a virtualenv there) stay
+        reachable, read-only, under the private /tmp; the clean-up after each run leaves them alone."""
+        kept = set()
+        for path in self.readable:
+            parts = os.path.abspath(path).split(os.sep)
+            if len(parts) > 2 and parts[1] == "tmp" and parts[2] not in kept:
+                target = os.path.join("/tmp", parts[2])
+                os.mkdir(target, 0o755)
+                self.kernel.mount(parts[2], target, None, MS_BIND | MS_REC)  # relative: the real /tmp
+                self.kernel.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC)
+                kept.add(parts[2])
+        return kept
 
     def _expose(self, paths: list[str]) -> list[str]:
         """Cover each closed folder on the way to ``paths`` with an open tmpfs holding bind mounts of just the
@@ -745,7 +768,8 @@ class _Server:
         if self.mount_ns:
             for folder in ("/tmp", "/dev/shm"):
                 for entry in os.scandir(folder):
-                    _remove(entry.path)
+                    if not (folder == "/tmp" and entry.name in self.tmp_kept):
+                        _remove(entry.path)
             if self.isolation.ipc_namespace:
                 _remove_sysv_ipc(self.kernel.libc)
         else:

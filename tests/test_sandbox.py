@@ -67,6 +67,24 @@ def test_isolation_is_reported(sb: Sandbox) -> None:
         assert iso.pid_namespace and iso.network_namespace and iso.mount_namespace and iso.separate_uid
 
 
+def test_folders_under_tmp_stay_readable_and_untouched() -> None:
+    """A checkout or virtualenv in /tmp (CI often clones there) is reachable, read-only, under the private /tmp."""
+    import shutil
+    import tempfile
+
+    kept = Path(tempfile.mkdtemp(prefix="qrl-test-checkout-", dir="/tmp"))
+    try:
+        kept.chmod(0o755)  # a clone's usual mode; folders closed to others stay closed to the programs
+        (kept / "data.txt").write_text("kept")
+        with Sandbox(workers=1, expose=[str(kept)]) as box:
+            r = run(box, f"print(open({str(kept / 'data.txt')!r}).read())\nopen({str(kept / 'x')!r}, 'w')")
+            assert r.stdout == "kept\n" and r.status == "exited" and r.exit_code == 1  # read yes, write no
+            assert run(box, "print(1)").stdout == "1\n"  # the clean-up after a run left the server working
+        assert sorted(p.name for p in kept.iterdir()) == ["data.txt"]
+    finally:
+        shutil.rmtree(kept)
+
+
 def test_exit_code_output_and_report(sb: Sandbox) -> None:
     r = run(
         sb, "import os, sys\nprint('out')\nprint('err', file=sys.stderr)\nos.write(3, b'rep')\nsys.exit(3)"
