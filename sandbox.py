@@ -549,13 +549,14 @@ class _Server:
             k.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         owner = f",uid={self.uid},gid={self.uid}" if self.uid is not None else ""
         tmpfs = f"size={self.tmp_size},mode=0700{owner}"
-        cwd = os.getcwd()
+        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # kept by reference: it may be under the covered /tmp
         os.chdir("/tmp")  # the working folder stays the real /tmp once the private one covers it
         k.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs)
         try:
             self.tmp_kept = self._keep_under_tmp()
         finally:
-            os.chdir(cwd)
+            os.fchdir(cwd)
+            os.close(cwd)
         # The private /tmp belongs to the programs' uid: what is kept under it needs no opening up
         outside_tmp = [p for p in self.readable if not os.path.abspath(p).startswith("/tmp/")]
         notes = self._expose(outside_tmp) if self.uid is not None else []
