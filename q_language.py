@@ -271,9 +271,10 @@ def strip_prose(text: str, entry_point: str | None) -> str:
     return "\n".join(code).rstrip() + "\n"
 
 
-def _closing(text: str, opening: int) -> int | None:
-    """Where the bracket at ``opening`` is closed (the index after it), outside strings; None if it is not."""
-    depth, in_string, i = 0, False, opening
+def _brackets(text: str, start: int = 0, comments: bool = False):
+    """(index, +1 or -1) for each bracket from ``start`` outside strings; with ``comments``, none after a ``/``
+    comment (a slash at the start of the text or after a space)."""
+    in_string, i = False, start
     while i < len(text):
         c = text[i]
         if in_string:
@@ -283,36 +284,28 @@ def _closing(text: str, opening: int) -> int | None:
                 in_string = False
         elif c == '"':
             in_string = True
+        elif comments and c == "/" and (i == 0 or text[i - 1].isspace()):
+            return
         elif c in "{[(":
-            depth += 1
+            yield i, 1
         elif c in "}])":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+            yield i, -1
         i += 1
+
+
+def _closing(text: str, opening: int) -> int | None:
+    """Where the bracket at ``opening`` is closed (the index after it), outside strings; None if it is not."""
+    depth = 0
+    for i, step in _brackets(text, opening):
+        depth += step
+        if depth == 0:
+            return i + 1
     return None
 
 
 def _depth_change(line: str) -> int:
     """Open minus closed brackets on a line, outside strings and comments."""
-    depth, in_string, i = 0, False, 0
-    while i < len(line):
-        c = line[i]
-        if in_string:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c == "/" and (i == 0 or line[i - 1].isspace()):
-            break  # a comment to the end of the line
-        elif c in "{[(":
-            depth += 1
-        elif c in "}])":
-            depth -= 1
-        i += 1
-    return depth
+    return sum(step for _, step in _brackets(line, comments=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------
