@@ -709,17 +709,30 @@ class PythonExecutor:
 
     def judge(self, submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
         problem = submission.problem
-        total = len(problem.tests)
-        if submission.syntax_error:
-            return Verdict("syntax_error", 0, total, detail=submission.syntax_error)
-        cpu = round(sum(o.cpu_time for o in outcomes), 6)
-        wall = round(sum(o.wall_time for o in outcomes), 6)
-        broken = next((o for o in outcomes if o.status == "infra_error"), None)
-        if broken is not None:
-            return Verdict("infra_error", 0, total, cpu, wall, broken.detail)
+        early = early_verdict(submission, outcomes)
+        if early is not None:
+            return early
+        cpu, wall = outcome_times(outcomes)
         if isinstance(problem.tests[0], IOTest):
             return _judge_stdio(problem, outcomes, cpu, wall)
         return _judge_report(problem, outcomes[0], cpu, wall)
+
+
+def outcome_times(outcomes: Sequence[RunOutcome]) -> tuple[float, float]:
+    """CPU and wall seconds of a submission's runs together."""
+    return round(sum(o.cpu_time for o in outcomes), 6), round(sum(o.wall_time for o in outcomes), 6)
+
+
+def early_verdict(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict | None:
+    """The verdict every executor gives before reading test results: the answer did not parse, or the sandbox
+    itself failed (infra_error, never scored as a failure)."""
+    total = len(submission.problem.tests)
+    if submission.syntax_error:
+        return Verdict("syntax_error", 0, total, detail=submission.syntax_error)
+    broken = next((o for o in outcomes if o.status == "infra_error"), None)
+    if broken is not None:
+        return Verdict("infra_error", 0, total, *outcome_times(outcomes), broken.detail)
+    return None
 
 
 EXECUTORS: dict[str, Executor] = {"python": PythonExecutor()}

@@ -625,16 +625,12 @@ class QExecutor:
 
     def judge(self, submission: Submission, outcomes: Sequence[problems.RunOutcome]) -> Verdict:
         problem = submission.problem
-        total = len(problem.tests)
-        if submission.syntax_error:
-            return Verdict("syntax_error", 0, total, detail=submission.syntax_error)
         if problem.source_format == "q-humaneval":
             return problems.PythonExecutor().judge(submission, outcomes)
-        cpu = round(sum(o.cpu_time for o in outcomes), 6)
-        wall = round(sum(o.wall_time for o in outcomes), 6)
-        broken = next((o for o in outcomes if o.status == "infra_error"), None)
-        if broken is not None:
-            return Verdict("infra_error", 0, total, cpu, wall, broken.detail)
+        early = problems.early_verdict(submission, outcomes)
+        if early is not None:
+            return early
+        cpu, wall = problems.outcome_times(outcomes)
         if isinstance(problem.tests[0], ScriptTest):
             return _judge_scripts(problem, outcomes, cpu, wall)
         return _judge_exprs(problem, outcomes[0], cpu, wall)
