@@ -21,11 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# recipe_report also puts the toolkit's modules on the path
 from recipe_report import compare, load_eval, plot, write_report
+
+from sandbox import default_workers
 
 # The DPO step, as run for the README's "Recipes"; later flags override them. The pairs are the policy's own
 # answers, passing over failing: adding the reference solutions as chosen answers made the model copy their terse
@@ -96,18 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python recipes/mined_dpo.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "settings": {"dpo": DPO_FLAGS, "eval": EVAL_FLAGS, "extra": extra, "problems": args.problems,
                      "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"},
-        "machine": f"{platform.machine()}, {_cores()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {default_workers()} cores, Python {platform.python_version()}",
         "wall_s": {"total": round(time.time() - started, 1), **{k: round(v, 1) for k, v in walls.items()}},
     })
     png = plot(report, root / "results" / "mined_dpo.png")
     write_report(report, [Path(args.report), root / "results" / "mined_dpo.json"], png)
     return 0
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
 if __name__ == "__main__":
