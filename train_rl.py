@@ -320,18 +320,17 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
         cfg, model_path, tokenizer, Dataset.from_list(rows), eval_dataset, [reward.async_reward], folder, name,
         callbacks=[RunFolderCallback(folder, method_of(cfg))], evaluator=evaluator,
     )
-    args = trainer.args
-    needed = args.generation_batch_size // args.num_generations
-    if len(rows) < needed:  # TRL's sampler would yield no batch at all: a run of zero steps that looks finished
-        tests.close()
-        raise UserError(
-            f"{len(rows)} training problems, but one GRPO generation batch takes {needed} distinct prompts "
-            f"(--batch_size {cfg.model.batch_size} x --gradient_accumulation_steps {cfg.model.gradient_accumulation_steps}"
-            f" x {args.world_size} processes / --num_generations {args.num_generations}): add problems, or lower "
-            "--batch_size or --gradient_accumulation_steps")
-    if truncated and trainer.accelerator.is_main_process:
-        print(f"--max_prompt_length: truncated {truncated} of {len(rows)} prompts from the left", flush=True)
     try:
+        args = trainer.args
+        needed = args.generation_batch_size // args.num_generations
+        if len(rows) < needed:  # TRL's sampler would yield no batch at all: a run of zero steps that looks finished
+            raise UserError(
+                f"{len(rows)} training problems, but one GRPO generation batch takes {needed} distinct prompts "
+                f"(--batch_size {cfg.model.batch_size} x --gradient_accumulation_steps "
+                f"{cfg.model.gradient_accumulation_steps} x {args.world_size} processes / --num_generations "
+                f"{args.num_generations}): add problems, or lower --batch_size or --gradient_accumulation_steps")
+        if truncated and trainer.accelerator.is_main_process:
+            print(f"--max_prompt_length: truncated {truncated} of {len(rows)} prompts from the left", flush=True)
         _run(trainer, tokenizer, folder, cfg, resume)
     finally:
         tests.close()
