@@ -295,10 +295,10 @@ def _parse_humaneval(record: Record) -> Problem:
         raise DataError(f"{record.where}: 'test' defines no check(candidate) function")
     tests: list[AssertTest] = []
     check.body = _instrument(check.body, tests, record.data["test"]) or [ast.Pass()]
-    script = ast.unparse(ast.fix_missing_locations(tree)) + "\ncheck(__candidate__)\n"
+    script = ast.unparse(tree) + "\ncheck(__candidate__)\n"  # unparsed, never compiled here: no locations needed
     solution = record.data.get("canonical_solution")
     reference = prompt + solution if isinstance(solution, str) else None
-    return _assert_problem(record, prompt, entry_point, tests, script, reference, "", joins_prompt=True)
+    return _assert_problem(record, prompt, entry_point, tests, script, tree, reference, "", joins_prompt=True)
 
 
 def _parse_mbpp(record: Record) -> Problem:
@@ -314,17 +314,19 @@ def _parse_mbpp(record: Record) -> Problem:
         raise DataError(f"{record.where}: cannot tell the function under test from 'test_list'")
     tests: list[AssertTest] = []
     tree.body = _instrument(tree.body, tests, "\n".join(asserts))
-    script = (setup + "\n" if setup else "") + ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    script = (setup + "\n" if setup else "") + ast.unparse(tree) + "\n"
+    tree.body = _parse(record, setup, "test_setup_code").body + tree.body  # what the script binds and reads
     prompt = f"{text}\nYour code should pass tests like this one:\n{asserts[0]}"
     code = record.data.get("code")
-    return _assert_problem(record, prompt, entry_point, tests, script, code, setup, joins_prompt=False)
+    return _assert_problem(record, prompt, entry_point, tests, script, tree, code, setup, joins_prompt=False)
 
 
 def _assert_problem(record: Record, prompt: str, entry_point: str, tests: list[AssertTest], script: str,
-                    reference: str | None, setup: str, joins_prompt: bool) -> Problem:  # fmt: skip
+                    tree: ast.Module, reference: str | None, setup: str, joins_prompt: bool) -> Problem:  # fmt: skip
+    """``tree``: the script's code as parsed (set-up included), for the names it needs from the program."""
     if not tests:
         raise DataError(f"{record.where}: no assert statements in the tests")
-    names = _free_names(ast.parse(script)) - {entry_point}
+    names = _free_names(tree) - {entry_point}
     kinds = _top_level_kinds(reference) if reference else {}
     return Problem(
         task_id=str(record.data["task_id"]),
@@ -462,6 +464,7 @@ def _instrument(body: list[ast.stmt], tests: list[AssertTest], source: str) -> l
     does not stop the rest; ``assert <expr> == <literal>`` becomes ``__probe__(i, <expr>)``, so that the literal
     (the expected value) never enters the sandbox. Other statements (imports, set-up, helpers) stay as they are."""
     out: list[ast.stmt] = []
+    lines = source.splitlines(keepends=True)  # once: ast.get_source_segment splits the whole source per call
     for stmt in body:
         definition = isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Import)
         if definition or not any(isinstance(node, ast.Assert) for node in ast.walk(stmt)):
@@ -472,16 +475,26 @@ def _instrument(body: list[ast.stmt], tests: list[AssertTest], source: str) -> l
         index, split = len(tests), _split_equality(stmt)
         if split:
             expr, expected = split
-            tests.append(AssertTest(ast.get_source_segment(source, stmt) or "", expected))
+            tests.append(AssertTest(_segment(lines, stmt), expected))
             inner: ast.stmt = ast.Expr(
                 ast.Call(ast.Name("__probe__", ast.Load()), [ast.Constant(index), expr], [])
             )
         else:
-            tests.append(AssertTest(ast.get_source_segment(source, stmt) or ""))
+            tests.append(AssertTest(_segment(lines, stmt)))
             inner = stmt
         guard = ast.Call(ast.Name("__test__", ast.Load()), [ast.Constant(index)], [])
-        out.append(ast.With([ast.withitem(guard)], [inner]))
+        out.append(ast.copy_location(ast.With([ast.withitem(guard)], [ast.copy_location(inner, stmt)]), stmt))
     return out
+
+
+def _segment(lines: list[str], node: ast.stmt) -> str:
+    """The source text of ``node`` (as ast.get_source_segment gives it) from the source's lines."""
+    first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+    end = node.end_col_offset if node.end_col_offset is not None else len(lines[last])
+    if first == last:
+        return lines[first].encode()[node.col_offset : end].decode()
+    head = lines[first].encode()[node.col_offset :].decode()
+    return head + "".join(lines[first + 1 : last]) + lines[last].encode()[:end].decode()
 
 
 def _split_equality(stmt: ast.stmt) -> tuple[ast.expr, Any] | None:

@@ -11,7 +11,6 @@ later (code quality, composites, learned reward models) belong here too; import 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import sys
@@ -138,6 +137,8 @@ class _AsyncReward:
     async def __call__(
         self, prompts: list | None = None, completions: list | None = None, **kwargs: Any
     ) -> list:
+        import asyncio  # loaded already: an event loop runs this (a top-level import costs every start-up)
+
         return await asyncio.to_thread(self.scorer, prompts=prompts, completions=completions, **kwargs)
 
 
@@ -236,6 +237,8 @@ class TestCaseReward(Scorer):
         return self.score([(s.task_id, s.completion) for s in samples])
 
     async def ascore(self, items: Sequence[tuple[Problem | str, str]]) -> list[ScoreResult]:
+        import asyncio  # loaded already: an event loop runs this (a top-level import costs every start-up)
+
         return await asyncio.to_thread(self.score, items)
 
     def score(

@@ -18,7 +18,6 @@ It must not import torch: the scorer's command line starts fast because of it.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import builtins
 import ctypes
@@ -214,6 +213,8 @@ class Sandbox:
 
     async def arun(self, program: Program) -> RunResult:
         """For asyncio callers: the (possibly blocking) submit runs in a thread, so the event loop never stalls."""
+        import asyncio  # loaded already: an event loop runs this (a top-level import costs each server's start)
+
         future = await asyncio.to_thread(self.submit, program)
         return await asyncio.wrap_future(future)
 
@@ -527,6 +528,10 @@ class _Server:
                 __import__(name)
             except ImportError:
                 pass  # numpy is optional, and so is anything else preloaded for speed only
+        if self.mount_ns:  # every program's folder is the private /tmp: its environment is set here, once
+            _program_environment("/tmp")
+        if "numpy" in sys.modules:  # seeded once: the server never draws from it, so every fork starts the same
+            sys.modules["numpy"].random.seed(0)
         gc.freeze()  # keep preloaded objects out of the collector's sight: a collection in a child would copy them all
         self.isolation = Isolation(
             pid_namespace=self.pid_ns,
@@ -793,9 +798,8 @@ def _program_child(server: _Server, source: str, limits: Limits, workdir: str, s
         os.dup2(rep_w, REPORT_FD)
         os.closerange(REPORT_FD + 1, ctl_w)  # every pipe was opened after fd 3, so ctl_w is above it
         os.closerange(ctl_w + 1, 1 << 16)
-        os.environ.clear()
-        os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8",
-                          PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # fmt: skip
+        if not server.mount_ns:  # a folder of its own per run (a fork's first write to the environment costs)
+            _program_environment(workdir)
         tempfile.tempdir = workdir
         _drop_privileges(server)
     except BaseException as e:  # noqa: BLE001 -- whatever failed, the server must hear of it
@@ -809,6 +813,12 @@ def _program_child(server: _Server, source: str, limits: Limits, workdir: str, s
         code = _exec_program(source)
     finally:
         os._exit(code)
+
+
+def _program_environment(workdir: str) -> None:
+    os.environ.clear()
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8",
+                      PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # fmt: skip
 
 
 def _set_limits(limits: Limits, own_uid: bool) -> None:
@@ -843,10 +853,7 @@ def _exec_program(source: str) -> int:
     sys.modules["__main__"] = main
     sys.argv = ["main.py"]
     sys.dont_write_bytecode = True
-    # The server's random state is shared by every fork: make it the same for every run instead.
-    random.seed(0)
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed(0)
+    random.seed(0)  # every fork reseeds random from the OS (os.register_at_fork): make it the same for every run
     code = 0
     try:
         exec(compile(source, "main.py", "exec"), main.__dict__)  # noqa: S102 -- running it is the point

@@ -22,18 +22,22 @@ from data_loading import atomic_write
 
 
 def load_eval(folder: Path, label: str) -> dict[str, Any]:
-    """One --eval_only run: its metrics, and passes per problem from its samples file."""
+    """One --eval_only run: its metrics, and per problem from its samples file: answers, passing answers, the
+    fraction of tests passed summed over answers, and answers that ran through the tests (passed or failed, not a
+    syntax error, crash or timeout)."""
     metrics = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1]
-    per_problem: dict[str, list[int]] = {}
+    per_problem: dict[str, dict[str, float]] = {}
     (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
     for line in samples.read_text().splitlines():
         s = json.loads(line)
-        counts = per_problem.setdefault(s["task_id"], [0, 0])
-        counts[0] += bool(s["passed"])
-        counts[1] += 1
+        p = per_problem.setdefault(s["task_id"], {"samples": 0, "passed": 0, "tests": 0.0, "error_free": 0})
+        p["samples"] += 1
+        p["passed"] += bool(s["passed"])
+        p["tests"] += (s.get("tests_passed") or 0) / max(1, s.get("tests_total") or 0)
+        p["error_free"] += s.get("status") in ("passed", "failed")
     keep = ("problems", "samples", "pass@1", "reward") + tuple(k for k in metrics if k.startswith(("pass@", "status/")))
     return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
-            "solved_problems": sum(p > 0 for p, _ in per_problem.values()), "per_problem": per_problem}
+            "solved_problems": sum(p["passed"] > 0 for p in per_problem.values()), "per_problem": per_problem}
 
 
 def sign_test(better: int, worse: int) -> float:
@@ -54,24 +58,49 @@ def bootstrap_interval(diffs: list[float], resamples: int = 10000, seed: int = 0
     return (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1])
 
 
-def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The change from one evaluation to another over the problems both saw."""
-    tasks = sorted(set(before["per_problem"]) & set(after["per_problem"]))
-    rate = lambda ev, t: ev["per_problem"][t][0] / ev["per_problem"][t][1]
-    diffs = [rate(after, t) - rate(before, t) for t in tasks]
+# Besides pass@1, what an answer can get better at before it passes: more of its tests, and running at all.
+SECONDARY = {"tests_passed": "tests", "error_free": "error_free"}
+
+
+def _rate(evaluation: dict[str, Any], task: str, key: str) -> float:
+    problem = evaluation["per_problem"][task]
+    return problem[key] / problem["samples"]
+
+
+def mean_rate(evaluation: dict[str, Any], key: str, tasks: list[str] | None = None) -> float:
+    """``key`` per answer, averaged over problems (each problem weighs the same, whatever its number of answers)."""
+    tasks = list(evaluation["per_problem"]) if tasks is None else tasks
+    return sum(_rate(evaluation, t, key) for t in tasks) / max(1, len(tasks))
+
+
+def _moved(before: dict[str, Any], after: dict[str, Any], tasks: list[str], key: str) -> tuple[list[float], dict]:
+    """Per-problem changes of one rate (``key`` per answer), and their summary: mean, interval, sign test."""
+    diffs = [_rate(after, t, key) - _rate(before, t, key) for t in tasks]
     better, worse = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     low, high = bootstrap_interval(diffs)
     p = sign_test(better, worse)
+    return diffs, {
+        "before": round(mean_rate(before, key, tasks), 4), "after": round(mean_rate(after, key, tasks), 4),
+        "change": round(sum(diffs) / len(diffs), 4) if diffs else 0.0, "change_95ci": [round(low, 4), round(high, 4)],
+        "problems_better": better, "problems_worse": worse, "sign_test_p": round(p, 4),
+        "beyond_noise": bool((low > 0 or high < 0) and p < 0.05),
+    }
+
+
+def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The change from one evaluation to another over the problems both saw: pass@1 first, then the secondary
+    rates. Beyond noise means the 95% interval leaves out zero and the sign test says p < 0.05 (either direction)."""
+    tasks = sorted(set(before["per_problem"]) & set(after["per_problem"]))
+    diffs, passed = _moved(before, after, tasks, "passed")
     return {
         "from": before["label"], "to": after["label"], "problems": len(tasks),
-        "pass@1_change": round(sum(diffs) / len(diffs), 4) if diffs else 0.0,
-        "pass@1_change_95ci": [round(low, 4), round(high, 4)],
-        "problems_better": better, "problems_worse": worse,
+        "pass@1_change": passed["change"], "pass@1_change_95ci": passed["change_95ci"],
+        "problems_better": passed["problems_better"], "problems_worse": passed["problems_worse"],
         "solved_problems_change": after["solved_problems"] - before["solved_problems"],
-        "sign_test_p": round(p, 4),
-        "beyond_noise": bool(low > 0 and p < 0.05),
+        "sign_test_p": passed["sign_test_p"], "beyond_noise": passed["beyond_noise"],
         "improved_tasks": [t for t, d in zip(tasks, diffs) if d > 0],
         "worsened_tasks": [t for t, d in zip(tasks, diffs) if d < 0],
+        "secondary": {name: _moved(before, after, tasks, key)[1] for name, key in SECONDARY.items()},
     }
 
 
@@ -96,22 +125,26 @@ def compare(evals: list[dict[str, Any]], trainings: list[Path]) -> dict[str, Any
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
-    """pass@1 per evaluation beside the training curves of each round."""
+    """pass@1, tests passed and error-free answers per evaluation, beside the training curves of each round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [e["label"] for e in report["evaluations"]]
-    values = [e["pass@1"] for e in report["evaluations"]]
-    left.bar(labels, values, color=["#999999"] + ["#3b75af"] * (len(values) - 1))
-    for i, v in enumerate(values):
-        left.text(i, v, f"{v:.3f}", ha="center", va="bottom")
-    c = report["change"]
-    left.set_title(f"held-out pass@1 ({c['problems']} problems): "
-                   f"{c['problems_better']} better, {c['problems_worse']} worse, p={c['sign_test_p']}")
-    left.set_ylabel("pass@1")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    evals, c = report["evaluations"], report["change"]
+    rates = {"pass@1": "passed", "tests passed": "tests", "error-free": "error_free"}
+    width = 0.8 / len(evals)
+    for i, e in enumerate(evals):
+        values = [mean_rate(e, key) for key in rates.values()]
+        xs = [j + (i - (len(evals) - 1) / 2) * width for j in range(len(rates))]
+        left.bar(xs, values, width, label=e["label"], color="#999999" if i == 0 else None)
+        for x, v in zip(xs, values):
+            left.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    left.set_xticks(range(len(rates)), [f"{name}\np={m}" for name, m in zip(rates, [c["sign_test_p"]] + [
+        s["sign_test_p"] for s in c["secondary"].values()])])
+    left.set_title(f"held-out, {c['problems']} problems (mean per answer; sign test over problems)", fontsize=10)
+    left.legend()
     offset = 0
     for r, t in enumerate(report["training"], 1):
         # DPO logs its implicit reward margin and pair accuracy; GRPO and PPO the mean test-case reward
@@ -141,7 +174,12 @@ def write_report(report: dict[str, Any], paths: list[Path], png: Path) -> None:
     rows = ", ".join(f"{e['label']} {e['pass@1']:.3f} ({e['solved_problems']} solved)" for e in report["evaluations"])
     print(f"\nheld-out pass@1: {rows}\nchange {c['pass@1_change']:+.3f} (95% CI {c['pass@1_change_95ci']}), "
           f"{c['problems_better']} problems better, {c['problems_worse']} worse, sign test p={c['sign_test_p']}"
-          f"{'' if c['beyond_noise'] else ': within sampling noise'}\nreport: {paths[0]}")
+          f"{'' if c['beyond_noise'] else ': within sampling noise'}")
+    for name, m in c["secondary"].items():
+        print(f"{name.replace('_', ' ')} per answer: {m['before']:.3f} -> {m['after']:.3f}, {m['problems_better']} "
+              f"problems better, {m['problems_worse']} worse, sign test p={m['sign_test_p']}"
+              f"{'' if m['beyond_noise'] else ': within sampling noise'}")
+    print(f"report: {paths[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:

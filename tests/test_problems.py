@@ -160,6 +160,7 @@ def test_folder_json_and_forced_format(tmp_path: Path) -> None:
         ([{**HUMANEVAL, "test": "assert True\n"}], r"p\.jsonl:1: 'test' defines no check"),
         ([{**HUMANEVAL, "test": "def check(candidate):\n    pass\n"}], r"p\.jsonl:1: no assert statements"),
         ([{**MBPP, "test_list": ["assert ("]}], r"p\.jsonl:1: 'test_list' is not valid Python"),
+        ([{**MBPP, "test_setup_code": "import ("}], r"p\.jsonl:1: 'test_setup_code' is not valid Python"),
         (
             [{**APPS, "input_output": '{"fn_name": "f", "inputs": [], "outputs": []}'}],
             r"p\.jsonl:1: call-based APPS",

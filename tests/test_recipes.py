@@ -25,20 +25,36 @@ def test_bootstrap_interval_holds_the_mean():
     assert bootstrap_interval([0.5] * 10) == (0.5, 0.5)
 
 
-def _eval(label, per_problem):
-    return {"label": label, "per_problem": per_problem,
-            "solved_problems": sum(p > 0 for p, _ in per_problem.values())}
+def _eval(label, passes, tests=None, error_free=None):
+    """An evaluation with 4 answers a problem: ``passes`` answers passing per problem, and optionally the summed
+    fraction of tests passed and the number of error-free answers (default: as many as passed)."""
+    per_problem = {t: {"samples": 4, "passed": k, "tests": (tests or passes)[t], "error_free": (error_free or passes)[t]}
+                   for t, k in passes.items()}
+    return {"label": label, "per_problem": per_problem, "solved_problems": sum(k > 0 for k in passes.values())}
 
 
 def test_change_counts_problems_not_samples():
-    before = _eval("eval-0", {f"t{i}": [0, 4] for i in range(12)})
-    after = _eval("eval-1", {**{f"t{i}": [2, 4] for i in range(10)}, "t10": [0, 4], "t11": [0, 4]})
+    before = _eval("eval-0", {f"t{i}": 0 for i in range(12)})
+    after = _eval("eval-1", {**{f"t{i}": 2 for i in range(10)}, "t10": 0, "t11": 0})
     c = change(before, after)
     assert c["problems"] == 12 and c["problems_better"] == 10 and c["problems_worse"] == 0
     assert c["pass@1_change"] == pytest.approx(10 * 0.5 / 12, abs=1e-4)
     assert c["solved_problems_change"] == 10 and c["beyond_noise"] and c["sign_test_p"] < 0.01
-    one = change(before, _eval("eval-1", {**before["per_problem"], "t0": [1, 4]}))
+    one = change(before, _eval("eval-1", {**{f"t{i}": 0 for i in range(12)}, "t0": 1}))
     assert one["problems_better"] == 1 and not one["beyond_noise"]
+
+
+def test_change_reports_tests_passed_and_error_free_answers_apart_from_passes():
+    """No answer passes before or after, but after training more tests pass and fewer answers crash: the secondary
+    rates see it (and a drop counts as beyond noise too), pass@1 does not."""
+    tasks = [f"t{i}" for i in range(12)]
+    before = _eval("eval-0", dict.fromkeys(tasks, 0), tests=dict.fromkeys(tasks, 0.5), error_free=dict.fromkeys(tasks, 3))
+    after = _eval("eval-1", dict.fromkeys(tasks, 0), tests=dict.fromkeys(tasks, 2.0), error_free=dict.fromkeys(tasks, 1))
+    c = change(before, after)
+    assert c["problems_better"] == c["problems_worse"] == 0 and not c["beyond_noise"]
+    tests, runs = c["secondary"]["tests_passed"], c["secondary"]["error_free"]
+    assert (tests["before"], tests["after"], tests["problems_better"]) == (0.125, 0.5, 12) and tests["beyond_noise"]
+    assert (runs["change"], runs["problems_worse"]) == (-0.5, 12) and runs["beyond_noise"]
 
 
 def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shlex
@@ -107,7 +108,16 @@ def test_stdin_is_closed_unless_given(sb: Sandbox) -> None:
 
 def test_runs_are_deterministic(sb: Sandbox) -> None:
     src = "import random\nprint(random.random(), hash('abc'), set('abcdef'))"
+    if importlib.util.find_spec("numpy"):
+        src += "\nimport numpy\nprint(numpy.random.rand())"
     assert len({run(sb, src).stdout for _ in range(4)}) == 1
+
+
+@pytest.mark.parametrize("box", ["sb", "plain"])
+def test_programs_see_only_their_own_environment(box: str, request: pytest.FixtureRequest) -> None:
+    r = run(request.getfixturevalue(box), "import os, tempfile\nprint(sorted(os.environ), os.environ['HOME'] == tempfile.gettempdir())")
+    expected = ["HOME", "LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PATH", "PYTHONHASHSEED", "TMPDIR"]
+    assert r.stdout == f"{expected} True\n"
 
 
 def test_numpy_starts_within_the_limits(sb: Sandbox) -> None:
