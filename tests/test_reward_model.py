@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import shlex
 import math
 import subprocess
 import sys
@@ -394,6 +395,19 @@ def test_score_command(problem_file: Path, tmp_path: Path) -> None:
     assert lines[4]["cached"] and lines[0]["reward"] == lines[4]["reward"]
     # rle: 2 of 4 pass, sum: 1 of 2; pass@2 = mean(1 - C(2,2)/C(4,2), 1 - C(1,2)/C(2,2)) = mean(5/6, 1)
     assert "pass@1: 0.5000" in proc.stdout and "pass@2: 0.9167" in proc.stdout and "pass@3" not in proc.stdout
+
+
+def test_score_summary_into_a_closed_pipe(problem_file: Path, tmp_path: Path) -> None:
+    """`score ... | true` (or `| head -1`): the results are written, and no traceback follows."""
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text(json.dumps({"task_id": "sum", "completion": GOOD["sum"]}) + "\n")
+    output = tmp_path / "results.jsonl"
+    command = shlex.join([sys.executable, "reward_model.py", "score", "--problems", str(problem_file),
+                          "--completions", str(completions), "--output", str(output), "--workers", "1"])  # fmt: skip
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert json.loads(output.read_text())["status"] == "passed"
 
 
 @pytest.mark.parametrize(
