@@ -47,7 +47,7 @@ import harness
 import problems
 from data_loading import DataError, Record, UserError, read_text, require_fields
 from problems import Job, Problem, Submission, Verdict
-from sandbox import UID_BASE
+from sandbox import UID_BASE, UID_COUNT
 
 Q_NOT_FOUND = "q interpreter not found: install kdb+ and put q on PATH, or pass --q_binary"
 PROGRAM_FILE = "qrl_program.q"  # the program under test, in the sandbox's working folder
@@ -864,7 +864,7 @@ def _kill_the_rest(group: int) -> None:
 def _uid_of_its_own() -> bool:
     """Whether the sandbox gave this run a uid of its own: dropped from root (the server, its parent, is root) to
     one of the sandbox's uids. Only then may ``kill(-1)`` be used without a pid namespace."""
-    if os.getuid() < UID_BASE:
+    if not UID_BASE <= os.getuid() < UID_BASE + UID_COUNT:
         return False
     try:
         with open(f"/proc/{os.getppid()}/status") as f:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import ctypes
+import fcntl
 import gc
 import json
 import math
@@ -47,7 +48,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 REPORT_FD = 3  # the program writes its report here; nothing else in the program's reach is read back
-UID_BASE = 64000  # as root, worker slot N runs programs as uid/gid UID_BASE + N (unnamed, owns nothing)
+# As root, each server runs its programs as a uid/gid of its own from this range (unnamed, owns nothing), held for
+# the server's life: no other server on the machine, of this sandbox or another process's, uses it meanwhile.
+UID_BASE, UID_COUNT = 64000, 1024  # below 65536: a container's user namespace often maps no more
 # Imported once by each server, so that programs importing them pay nothing.
 DEFAULT_PRELOAD = (  # noqa: SIM905
     "array bisect collections copy dataclasses datetime decimal fractions functools heapq itertools json math "
@@ -123,7 +126,7 @@ class Isolation:
     user_namespace: bool = (
         False  # not root: programs run as the namespace's root with every capability dropped
     )
-    separate_uid: bool = False  # root: programs run as an unprivileged uid of their own per worker
+    separate_uid: bool = False  # root: programs run as an unprivileged uid of their own per server
     notes: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
@@ -504,7 +507,7 @@ class _Server:
         self.tmp_size = int(spec["tmp_size"])
         self.readable = _interpreter_paths() + list(spec.get("expose", ()))  # what the programs must reach
         root = os.geteuid() == 0 and not flags & CLONE_NEWUSER
-        self.uid = UID_BASE + slot if root else None
+        self.uid = _claim_uid(slot) if root else None
         notes: list[str] = []
         self.mount_ns = bool(flags & CLONE_NEWNS)
         self.pid_ns = bool(flags & CLONE_NEWPID)
@@ -813,6 +816,29 @@ def _program_child(server: _Server, source: str, limits: Limits, workdir: str, s
         code = _exec_program(source)
     finally:
         os._exit(code)
+
+
+def _claim_uid(hint: int) -> int:
+    """A program uid that no other live server holds, by a lock kept (never closed) for this server's life.
+
+    Servers of two scorers, or of each training process on a multi-GPU machine, would otherwise share a uid and with
+    it the process limit, the clean-up of the uid's files and a ``kill(-1)`` by one of its programs."""
+    for folder in ("/dev/shm", tempfile.gettempdir()):
+        locks = os.path.join(folder, "q-rl-sandbox-uids")
+        try:
+            os.makedirs(locks, mode=0o700, exist_ok=True)
+        except OSError:
+            continue
+        for n in range(UID_COUNT):
+            uid = UID_BASE + (hint + n) % UID_COUNT
+            fd = os.open(os.path.join(locks, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return uid
+            except BlockingIOError:
+                os.close(fd)
+        raise SandboxError(f"all {UID_COUNT} program uids from {UID_BASE} are held by running sandbox servers")
+    raise SandboxError("no folder for the program uids' locks (/dev/shm and the temporary folder are not writable)")
 
 
 def _program_environment(workdir: str) -> None:

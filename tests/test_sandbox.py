@@ -52,7 +52,7 @@ def processes_of_sandbox_uids() -> list[int]:
                 uid = os.stat(f"/proc/{entry}").st_uid
             except OSError:
                 continue
-            if sandbox.UID_BASE <= uid < sandbox.UID_BASE + 16:
+            if sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_COUNT:
                 pids.append(int(entry))
     return pids
 
@@ -223,6 +223,18 @@ def test_killing_parents_or_everything_costs_only_its_run(sb: Sandbox) -> None:
     r = run(sb, KILLER)
     assert r.status == "exited"
     assert [run(sb, f"print({i})").stdout for i in range(4)] == [f"{i}\n" for i in range(4)]
+
+
+def test_no_two_servers_share_a_program_uid(sb: Sandbox) -> None:
+    """Two sandboxes at once (two scorers, or one per training process): their programs never share a uid, so
+    neither the process limit nor a clean-up nor a program's kill(-1) reaches the other's programs."""
+    if not sb.isolation.separate_uid:
+        pytest.skip("programs get a uid of their own only as root")
+    uid = Program("import os, time\ntime.sleep(0.3)\nprint(os.getuid())")  # slow: both workers take one
+    with Sandbox(workers=2) as other:
+        ours, theirs = ({int(r.stdout) for r in box.map([uid] * 4)} for box in (sb, other))
+    assert len(ours) == len(theirs) == 2 and not ours & theirs
+    assert all(sandbox.UID_BASE <= u < sandbox.UID_BASE + sandbox.UID_COUNT for u in ours | theirs)
 
 
 def test_no_network(sb: Sandbox) -> None:
