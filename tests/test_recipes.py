@@ -58,7 +58,8 @@ def test_change_reports_tests_passed_and_error_free_answers_apart_from_passes():
 
 
 def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
-    """Two problems (one to mine, one held out), one DPO step, evaluations before and after, the report."""
+    """Two problems (one to mine, one held out), two rounds of one DPO step each (the second mined from the first's
+    model), evaluations before and after each, the report."""
     import mined_dpo
 
     rows = problem_rows(2)
@@ -66,20 +67,23 @@ def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     problems = write_jsonl(tmp_path / "problems.jsonl", rows)
     report = tmp_path / "report" / "mined_dpo.json"
     argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
-            "--report", str(report), "--",
+            "--report", str(report), "--rounds", "2", "--",
             "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--mine_with_reference",
             "--eval_num_samples", "2", "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
     assert mined_dpo.main(argv) == 0
     data = json.loads(report.read_text())
-    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
+    assert len(data["rounds"]) == 2 and data["change"]["problems"] == 1
     assert all(list(e["per_problem"]) == [rows[1]["task_id"]] for e in data["evaluations"])
     assert data["held_out"] == {"problems": 1, "samples_per_problem": 2}
     assert data["change"]["problems"] == 1 and "sign_test_p" in data["change"]
-    (training,) = data["training"]
-    assert training["mining"]["problems"] == 1 and training["mining"]["pairs"] >= 1  # the held-out one is not mined
-    assert [s["step"] for s in training["steps"] if "rewards/margins" in s] == [1]
+    for training in data["training"]:
+        assert training["mining"]["problems"] == 1 and training["mining"]["pairs"] >= 1  # held-out: never mined
+        assert [s["step"] for s in training["steps"] if "rewards/margins" in s] == [1]
     assert report.with_suffix(".png").is_file() and (tmp_path / "out" / "mined_dpo" / "results" / "mined_dpo.png").is_file()
     assert data["evaluations"][1]["model"].endswith("dpo-1/checkpoints/final")
+    assert data["evaluations"][2]["model"].endswith("dpo-2/checkpoints/final")
+    assert data["settings"]["rounds"] == 2
     assert mined_dpo.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
 
 
@@ -100,7 +104,8 @@ def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "gpu_grpo" / "results" / "gpu_grpo.json").read_text())
-    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
+    assert len(data["rounds"]) == 2 and data["change"]["problems"] == 1
     assert data["training"][0]["steps"][0]["step"] == 1 and "reward" in data["training"][0]["steps"][0]
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
