@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     report.update({
         "recipe": "mined_dpo",
         "command": "python recipes/mined_dpo.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "settings": {"dpo": DPO_FLAGS, "eval": EVAL_FLAGS, "extra": extra, "problems": args.problems, "rounds": args.rounds,
-                     "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"},
+        "settings": {"dpo": DPO_FLAGS, "eval": EVAL_FLAGS, "extra": extra, "problems": args.problems,
+                     "rounds": args.rounds, "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"},
         "machine": f"{platform.machine()}, {default_workers()} cores, Python {platform.python_version()}",
         "wall_s": {"total": round(time.time() - started, 1), **{k: round(v, 1) for k, v in walls.items()}},
     })
