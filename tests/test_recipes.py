@@ -73,7 +73,7 @@ def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     assert mined_dpo.main(argv) == 0
     data = json.loads(report.read_text())
     assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
-    assert len(data["rounds"]) == 2 and data["change"]["problems"] == 1
+    assert len(data["rounds"]) == 2  # eval-0 to eval-1, eval-1 to eval-2; "change" is eval-0 to eval-2
     assert all(list(e["per_problem"]) == [rows[1]["task_id"]] for e in data["evaluations"])
     assert data["held_out"] == {"problems": 1, "samples_per_problem": 2}
     assert data["change"]["problems"] == 1 and "sign_test_p" in data["change"]
@@ -104,8 +104,7 @@ def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "gpu_grpo" / "results" / "gpu_grpo.json").read_text())
-    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
-    assert len(data["rounds"]) == 2 and data["change"]["problems"] == 1
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
     assert data["training"][0]["steps"][0]["step"] == 1 and "reward" in data["training"][0]["steps"][0]
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
