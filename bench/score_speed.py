@@ -73,8 +73,9 @@ def baseline_program(problem: problems_module.Problem, row: dict) -> str:
     )
 
 
-def prepare(source: Path, folder: Path) -> tuple[Path, Path, list[Path]]:
-    """Problems without references, completions that are the references, and one baseline script per problem."""
+def prepare(source: Path, folder: Path) -> tuple[Path, Path, Path, list[Path]]:
+    """Problems without references, completions that are the references (all, and the first alone, for the fixed
+    cost), and one baseline script per problem."""
     rows = {str(r.data.get("task_id")): r.data for r in read_records(source)}
     loaded = [p for p in problems_module.load_problems(source) if p.reference]
     reference_fields = ("canonical_solution", "reference_solution", "code", "solutions", "solution")
@@ -93,12 +94,14 @@ def prepare(source: Path, folder: Path) -> tuple[Path, Path, list[Path]]:
                 if problem.completion_joins_prompt
                 else problem.reference
             )
-            comps.write(json.dumps({"task_id": row["task_id"], "completion": completion}) + "\n")
+            line = json.dumps({"task_id": row["task_id"], "completion": completion}) + "\n"
+            comps.write(line)
+            if i == 0:
+                first_only.write_text(line)
             script = folder / f"baseline_{i:04d}.py"
             script.write_text(baseline_program(problem, row))
             scripts.append(script)
-    first_only.write_text(completion_file.read_text().splitlines(keepends=True)[0])
-    return problem_file, completion_file, scripts
+    return problem_file, completion_file, first_only, scripts
 
 
 def children_cpu() -> float:
@@ -177,13 +180,13 @@ def main() -> None:
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        problem_file, completion_file, scripts = prepare(source, folder)
+        problem_file, completion_file, first_only, scripts = prepare(source, folder)
         n = len(scripts)
         ways: dict[str, Callable[[], float]] = {
             "baseline": lambda: run_baseline(scripts),
             "score_1": lambda: run_scorer(problem_file, completion_file, folder, 1),
             f"score_{cores}": lambda: run_scorer(problem_file, completion_file, folder, cores),
-            "fixed": lambda: run_scorer(problem_file, folder / "one_completion.jsonl", folder, cores),
+            "fixed": lambda: run_scorer(problem_file, first_only, folder, cores),
         }
         runs: dict[str, list[float]] = {name: [] for name in ways}
         cpu: dict[str, list[float]] = {name: [] for name in ways}
