@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import problems as problems_module
-from data_loading import read_records
+from data_loading import DataError, read_records
 from embedded_model import cache_dir
 from reward_model import TestCaseReward
 from sandbox import default_workers
@@ -180,7 +180,10 @@ def main() -> None:
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        problem_file, completion_file, first_only, scripts = prepare(source, folder)
+        try:
+            problem_file, completion_file, first_only, scripts = prepare(source, folder)
+        except DataError as e:  # a missing or malformed --problems file: one line
+            raise SystemExit(f"score_speed.py: error: {e}") from None
         n = len(scripts)
         ways: dict[str, Callable[[], float]] = {
             "baseline": lambda: run_baseline(scripts),

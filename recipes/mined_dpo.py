@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     extra = [a for a in extra if a != "--"]
     root = Path(args.output_dir) / args.name
+    if args.rounds < 1:
+        print(f"mined_dpo.py: error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+        return 2
     if root.exists():
         print(f"mined_dpo.py: error: {root} exists: choose another --name or remove it", file=sys.stderr)
         return 2

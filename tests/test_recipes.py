@@ -87,6 +87,16 @@ def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     assert mined_dpo.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
 
 
+def test_mined_dpo_refuses_zero_rounds_before_running_anything(tmp_path, capsys):
+    import mined_dpo
+
+    report = tmp_path / "report.json"
+    argv = ["--rounds", "0", "--output_dir", str(tmp_path / "out"), "--report", str(report)]
+    assert mined_dpo.main(argv) == 2
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not report.exists()
+
+
 def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
     """The GPU recipe's commands chain (evaluation, GRPO under accelerate launch, evaluation, report) on the CPU
     with the tiny model; its GPU settings (bf16, vLLM) are replaced, so this checks the script, not the GPU run."""
