@@ -206,10 +206,13 @@ def build_dpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, ev
     """TRL's DPOTrainer with the run's options; the reference model is the base with adapters off."""
     from trl import DPOConfig, DPOTrainer
 
+    sft = cfg.dpo.dpo_sft_weight
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft]} if sft > 0 else {}
     args = trl_config(
         DPOConfig,
         **trl_arguments(cfg, folder, run_name, has_eval=eval_dataset is not None),
         max_length=cfg.model.max_seq_length,
+        **losses,
     )
     return DPOTrainer(
         model=model_path,

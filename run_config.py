@@ -218,6 +218,16 @@ class PPOArguments:
 
 
 @dataclass
+class DPOArguments:
+    """DPO's own knobs; its beta is ``model.kl_coef``."""
+
+    dpo_sft_weight: float = _opt(
+        0.0, "Weight of a negative log-likelihood loss on the chosen answers, added to DPO's (RPO; 0: plain DPO). "
+        "Keeps DPO from lowering the likelihood of the answers it prefers.",
+    )
+
+
+@dataclass
 class MiningArguments:
     """Preference pairs mined from test runs: sample answers, run their tests, prefer the better answer."""
 
@@ -244,6 +254,7 @@ RL_SECTIONS: dict[str, type] = {
     "rewards": RewardArguments,
     "quality": QualityConfig,
     "ppo": PPOArguments,
+    "dpo": DPOArguments,
     "mining": MiningArguments,
 }
 
@@ -478,7 +489,10 @@ def validate_training(cfg: Config) -> None:
     for name in positive:
         if name in options and not options[name] > 0:
             raise ConfigError(f"--{name} must be greater than 0 (got {options[name]})")
-    non_negative = "eval_steps kl_coef entropy_coef warmup_steps cliprange cliprange_value vf_coef mine_max_pairs reward_learned".split()
+    non_negative = (
+        "eval_steps dpo_sft_weight kl_coef entropy_coef warmup_steps cliprange cliprange_value vf_coef mine_max_pairs "
+        "reward_learned"
+    ).split()
     for name in non_negative:
         if name in options and options[name] < 0:
             raise ConfigError(f"--{name} must not be negative (got {options[name]})")

@@ -78,6 +78,7 @@ def test_peft_switches():
         (["--learning_rate=-1e-5"], "--learning_rate must be greater than 0"),
         (["--max_steps", "0"], "--max_steps must be greater than 0"),
         (["--kl_coef", "-0.1"], "--kl_coef must not be negative"),
+        (["--dpo_sft_weight=-1"], "--dpo_sft_weight must not be negative"),
         (["--reward_scale", "0"], "--reward_scale must not be 0"),
     ],
 )

@@ -198,3 +198,15 @@ def test_eval_only_writes_results_and_readable_samples(grpo_argv, tiny_model):
     assert len(samples) == 3 and {"task_id", "completion", "passed", "status"} <= samples[0].keys()
     assert samples[0]["task_id"] == "py/2"  # the eval split only
     assert not folder.checkpoints.exists()
+
+
+def test_dpo_sft_weight_adds_the_chosen_answers_likelihood_to_the_loss(dpo_argv, tmp_path):
+    """Step 1's DPO loss is log 2 (policy = reference); the added NLL of the chosen answers lifts it above that."""
+    plain = run(dpo_argv + ["--max_steps", "1", "--eval_steps", "0"])
+    with_sft = run(dpo_argv + ["--max_steps", "1", "--eval_steps", "0", "--dpo_sft_weight", "0.5",
+                               "--experiment_name", "sft"])  # fmt: skip
+    first = lambda folder: json.loads(folder.rewards_json.read_text())["steps"][0]["loss"]  # noqa: E731
+    assert first(plain) == pytest.approx(0.6931, abs=1e-3)
+    assert first(with_sft) > first(plain) + 0.1  # a random tiny model's NLL per token is several nats
+    saved = parse_config(RL_SECTIONS, ["--config", str(with_sft.config_yaml)])
+    assert saved.dpo.dpo_sft_weight == 0.5
