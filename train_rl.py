@@ -449,6 +449,9 @@ class PassAtKEvaluator:
     """n sampled answers per evaluation problem, run in the sandbox; unbiased pass@k (Chen et al. 2021).
 
     Each rank samples its share of the problems; the verdicts are gathered so every rank reports the same numbers.
+    Sampling is seeded from --seed at every call, in a forked random state: a re-run gives the same numbers, the
+    evaluations before and after training draw the same random numbers (their difference is less noisy), and the
+    training's own random state is left as it was.
     """
 
     def __init__(self, cfg: Config, problems: list, tokenizer, scorer):
@@ -458,6 +461,7 @@ class PassAtKEvaluator:
         self.n = cfg.evaluation.eval_num_samples if cfg.evaluation.eval_temperature > 0 else 1
         self.temperature = cfg.evaluation.eval_temperature
         self.max_new_tokens = cfg.grpo.max_completion_length
+        self.seed = cfg.model.seed
 
     def __call__(self, model, accelerator=None) -> tuple[dict, list[dict]]:
         from reward_model import pass_at_k
@@ -469,7 +473,12 @@ class PassAtKEvaluator:
         # the largest share, padding with one whose answers are dropped, or the ranks with more would wait forever.
         padding = -(-len(self.problems) // world) - len(mine)
         prompts += [build_prompt(self.problems[0], self.tokenizer)] * padding if self.problems else []
-        answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens)
+        import torch
+
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + rank)
+            answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens)
         answers = answers[:len(mine)]
         from reward_model import Sample
 

@@ -200,12 +200,26 @@ def test_eval_only_writes_results_and_readable_samples(grpo_argv, tiny_model):
     assert not folder.checkpoints.exists()
 
 
+def test_evaluation_is_seeded_and_leaves_the_random_state_alone(grpo_argv):
+    import torch
+
+    argv = grpo_argv + ["--eval_only", "--eval_num_samples", "3", "--eval_temperature", "1.0"]
+    answers = lambda folder: [json.loads(line)["completion"] for line in next(folder.results.glob("samples_*.jsonl"))
+                              .read_text().splitlines()]  # fmt: skip
+    state = torch.random.get_rng_state()
+    first = answers(run(argv + ["--experiment_name", "a"]))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert answers(run(argv + ["--experiment_name", "b"])) == first  # a re-run samples the same answers
+    assert len(set(first)) > 1  # sampled, not greedy
+    assert answers(run(argv + ["--experiment_name", "c", "--seed", "7"])) != first
+
+
 def test_dpo_sft_weight_adds_the_chosen_answers_likelihood_to_the_loss(dpo_argv, tmp_path):
     """Step 1's DPO loss is log 2 (policy = reference); the added NLL of the chosen answers lifts it above that."""
     plain = run(dpo_argv + ["--max_steps", "1", "--eval_steps", "0"])
     with_sft = run(dpo_argv + ["--max_steps", "1", "--eval_steps", "0", "--dpo_sft_weight", "0.5",
                                "--experiment_name", "sft"])  # fmt: skip
-    first = lambda folder: json.loads(folder.rewards_json.read_text())["steps"][0]["loss"]  # noqa: E731
+    first = lambda folder: json.loads(folder.rewards_json.read_text())["steps"][0]["loss"]
     assert first(plain) == pytest.approx(0.6931, abs=1e-3)
     assert first(with_sft) > first(plain) + 0.1  # a random tiny model's NLL per token is several nats
     saved = parse_config(RL_SECTIONS, ["--config", str(with_sft.config_yaml)])
