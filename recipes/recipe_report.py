@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shlex
 import shutil
 import sys
 from itertools import pairwise
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="the report's JSON file (a PNG goes beside it)")
     args = parser.parse_args(argv)
     evals = [load_eval(Path(f), Path(f).name) for f in args.evals]
-    report = {"recipe": args.recipe, **compare(evals, [Path(t) for t in args.training])}
+    report = {"recipe": args.recipe, **compare(evals, [Path(t) for t in args.training]),
+              "command": "python recipes/recipe_report.py " + shlex.join(argv if argv is not None else sys.argv[1:])}
     png = plot(report, Path(args.report).with_suffix(".png"))
     write_report(report, [Path(args.report)], png)
     return 0

@@ -116,5 +116,6 @@ def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
     data = json.loads((tmp_path / "out" / "gpu_grpo" / "results" / "gpu_grpo.json").read_text())
     assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
     assert data["training"][0]["steps"][0]["step"] == 1 and "reward" in data["training"][0]["steps"][0]
+    assert data["command"].startswith("python recipes/recipe_report.py --recipe gpu_grpo --evals ")  # its provenance
     again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
