@@ -41,7 +41,8 @@ def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]
     set_seed(cfg.model.seed)
     prompts = [build_prompt(p, tokenizer) for p in problems]  # as GRPO and evaluation ask them
     gen = _generation(cfg)
-    answers = sample_completions(model, tokenizer, prompts, m.mine_samples, gen.temperature, gen.max_completion_length)
+    answers = sample_completions(model, tokenizer, prompts, m.mine_samples, gen.temperature,
+                                 gen.max_completion_length, desc="mining: sampling answers")
     del model
     if m.mine_with_reference:
         answers = [a + [f"```{p.language}\n{p.reference.rstrip()}\n```"] if p.reference else a

@@ -419,9 +419,13 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
 
 
 def sample_completions(model, tokenizer, prompts: list, n: int, temperature: float, max_new_tokens: int,
-                       batch_size: int = 8) -> list[list[str]]:
-    """n sampled answers per prompt (greedy and one answer when temperature is 0), decoded without specials."""
+                       batch_size: int = 8, desc: str | None = None) -> list[list[str]]:
+    """n sampled answers per prompt (greedy and one answer when temperature is 0), decoded without specials.
+
+    ``desc``: show a progress bar with this label (as transformers shows its own, and silenced the same way):
+    sampling hundreds of answers on a CPU takes minutes."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     was_training = model.training
     model.eval()
@@ -430,6 +434,8 @@ def sample_completions(model, tokenizer, prompts: list, n: int, temperature: flo
     greedy = temperature <= 0
     n = 1 if greedy else n
     out: list[list[str]] = []
+    bar = hf_logging.tqdm(total=len(prompts), desc=desc, unit="prompt", disable=desc is None or not
+                          hf_logging.is_progress_bar_enabled())  # fmt: skip
     try:
         for start in range(0, len(prompts), batch_size):
             texts = [prompt_text(p, tokenizer) for p in prompts[start:start + batch_size]]
@@ -442,7 +448,9 @@ def sample_completions(model, tokenizer, prompts: list, n: int, temperature: flo
                 )
             answers = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             out.extend(answers[i:i + n] for i in range(0, len(answers), n))
+            bar.update(len(texts))
     finally:
+        bar.close()
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return out

@@ -478,7 +478,8 @@ class PassAtKEvaluator:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed + rank)
-            answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens)
+            answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens,
+                                         desc="evaluation: sampling answers" if rank == 0 else None)
         answers = answers[:len(mine)]
         from reward_model import Sample
 

@@ -73,6 +73,28 @@ def test_truncation_cuts_from_the_left_and_keeps_the_end(tiny_model):
     assert not was_cut and same == build_prompt(problem(), tok)
 
 
+def test_sampling_shows_progress_only_when_labelled(tiny_model, capsys):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from q_trl_training import load_tokenizer, sample_completions
+
+    tok = load_tokenizer(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    prompts = [build_prompt(problem(), tok)] * 3
+    answers = sample_completions(model, tok, prompts, 2, 0.8, 4, batch_size=2, desc="mining: sampling answers")
+    assert [len(a) for a in answers] == [2, 2, 2]
+    err = capsys.readouterr().err
+    assert "mining: sampling answers" in err and "3/3" in err
+    sample_completions(model, tok, prompts, 2, 0.8, 4)  # no label (say, ranks other than the first): silent
+    hf_logging.disable_progress_bar()  # as transformers' own bars are silenced
+    try:
+        sample_completions(model, tok, prompts, 2, 0.8, 4, desc="evaluation")
+    finally:
+        hf_logging.enable_progress_bar()
+    assert capsys.readouterr().err == ""
+
+
 def test_use_vllm_without_vllm_is_a_clear_error(monkeypatch):
     import importlib.util
 
