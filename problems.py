@@ -578,26 +578,44 @@ def register_language(
 
 
 def extract_code(text: str, language: str, entry_point: str | None = None) -> str:
-    """The code in a model's answer: the right fenced block if there are any (tagged with the language, or untagged;
-    one that defines ``entry_point`` first; the longest), else the answer without the prose around it."""
-    blocks = _fenced_blocks(text)
+    """The code in a model's answer: the right fenced block if there are any (one that defines ``entry_point``
+    first, tagged with the language before untagged; else tagged, else untagged; the longest), else the answer
+    without the prose around it."""
+    blocks = _fenced_blocks(text, language, entry_point)
     tags = _LANGUAGE_TAGS.get(language, {language})
-    candidates = [body for tag, body in blocks if tag.lower() in tags] or [
-        body for tag, body in blocks if not tag
-    ]
+    tagged = [body for tag, body in blocks if tag.lower() in tags]
+    untagged = [body for tag, body in blocks if not tag]
+    candidates = tagged or untagged
     if candidates:
-        if entry_point:
-            defining = [b for b in candidates if _defines(b, entry_point, language)]
+        if entry_point:  # the function itself, not a tagged block of example calls after it
+            defining = [b for b in tagged if _defines(b, entry_point, language)] or [
+                b for b in untagged if _defines(b, entry_point, language)
+            ]
             candidates = defining or candidates
         return max(candidates, key=len)
     if blocks:  # fences, but only in other languages (say, a shell session): nothing to run
         return ""
+    return _without_prose(text, language, entry_point)
+
+
+def _without_prose(text: str, language: str, entry_point: str | None) -> str:
     strip = _PROSE_STRIPPERS.get(language)
     return strip(text, entry_point) if strip else text.strip()
 
 
-def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+def _fenced_blocks(
+    text: str, language: str | None = None, entry_point: str | None = None
+) -> list[tuple[str, str]]:
+    """(tag, body) of each fenced block. Given the language, an answer that opens with code and closes it with a
+    bare fence (the model forgot the opening one) has that code as its first, untagged block; read as Markdown,
+    that fence would open a block of the prose after it instead."""
     blocks, lines, i = [], text.splitlines(), 0
+    first = next((n for n, line in enumerate(lines) if _FENCE_OPEN.match(line)), None)
+    if language and first and not _FENCE_OPEN.match(lines[first]).group(2):
+        lead = "\n".join(lines[:first]) + "\n"
+        if _opens_with_code(lead, language, entry_point):
+            blocks.append(("", _without_prose(lead, language, entry_point)))
+            i = first + 1
     while i < len(lines):
         opening = _FENCE_OPEN.match(lines[i])
         if not opening:
@@ -612,6 +630,13 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
         blocks.append((tag, "\n".join(body) + "\n"))  # an unclosed fence (a cut-off answer) runs to the end
         i += 1
     return blocks
+
+
+def _opens_with_code(text: str, language: str, entry_point: str | None) -> bool:
+    head = text.lstrip().split("\n", 1)[0]
+    if language == "python" and _PYTHON_START.match(head):
+        return True
+    return bool(entry_point) and _defines(text, entry_point, language)
 
 
 def _strip_prose(text: str) -> str:

@@ -213,8 +213,14 @@ FENCED = "Here is my answer:\n\n```python\ndef f(x):\n    return x + 1\n```\n\nI
         ("Sure! Here it is:\ndef f(x):\n    return 6\nThis works because reasons.", "def f(x):\n    return 6\n"),
         ("def f(x):\n    return 7\n", "def f(x):\n    return 7\n"),
         ("```bash\nls\n```", ""),
+        ("def f(x):\n    return 8\n```\n\nExample usage:\n```python\nprint(f(1))\n```", "def f(x):\n    return 8\n"),
+        ("import math\n\ndef f(x):\n    return 9\n```\n\nIt uses `math`.", "import math\n\ndef f(x):\n    return 9\n"),
+        ("Here:\ndef f(x):\n    return 10\n```\nDone.", "def f(x):\n    return 10\n"),
+        ("Like so:\n```\ndef f(x):\n    return 11\n```", "def f(x):\n    return 11\n"),
     ],
-    ids=["tagged", "untagged", "tilde", "unclosed", "other-language", "defines-entry", "prose", "plain", "none"],
+    ids=["tagged", "untagged", "tilde", "unclosed", "other-language", "defines-entry", "prose", "plain", "none",
+         "missing-opening-fence", "missing-opening-fence-prose-after", "prose-then-code-then-fence",
+         "prose-then-bare-fence"],
 )  # fmt: skip
 def test_extract_code(text: str, expected: str) -> None:
     assert problems.extract_code(text, "python", entry_point="f") == expected
