@@ -228,6 +228,8 @@ def test_extract_code(text: str, expected: str) -> None:
 
 def test_extract_code_q_blocks() -> None:
     assert problems.extract_code("```q\nf:{x+1}\n```\n```python\nx=1\n```", "q") == "f:{x+1}\n"
+    stray = "solve:{x*2}\n```\nExample:\n```q\nsolve 3\n```"  # the opening fence forgotten
+    assert problems.extract_code(stray, "q", entry_point="solve").strip() == "solve:{x*2}"
 
 
 def test_humaneval_completions_join_the_prompt(tmp_path: Path) -> None:
