@@ -138,8 +138,8 @@ def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict
     import mining
     from reward_data import same_form, split_by_prompt
 
-    rows, counts = mining.mine(cfg)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    mined, counts = mining.mine(cfg)
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in mined]  # what decided each pair: on file
     print(mining.summary(counts))
     if cfg.data.preference_data:
         rows += load_preferences(cfg.data.preference_data)
@@ -148,7 +148,7 @@ def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict
     else:
         train_rows, eval_rows = split_by_prompt(rows, cfg.data.eval_split if cfg.model.eval_steps else 0, cfg.model.seed)
     same_form(train_rows + eval_rows, "the DPO pairs")
-    return train_rows, eval_rows, lambda: mining.write_mined(folder, rows, counts, cfg.mining.mine_pairs_from)
+    return train_rows, eval_rows, lambda: mining.write_mined(folder, mined, counts, cfg.mining.mine_pairs_from)
 
 
 def train_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:

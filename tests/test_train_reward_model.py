@@ -251,7 +251,14 @@ def test_mined_pairs_for_dpo_and_a_harvest_of_nothing(tiny_model, problems_file,
             str(tmp_path / "out"), "--max_steps", "1", "--batch_size", "2", "--gradient_accumulation_steps", "1",
             "--max_seq_length", "512", "--eval_steps", "0", "--workers", "1"]
     folder = train(parse_config(RL_SECTIONS, argv))
-    assert folder.mined_pairs.is_file() and json.loads(folder.rewards_json.read_text())["method"] == "dpo"
+    assert json.loads(folder.rewards_json.read_text())["method"] == "dpo"
+    pairs = [json.loads(line) for line in folder.mined_pairs.read_text().splitlines()]
+    assert pairs and all(p["reason"] and p["task_id"] for p in pairs)  # what decided each pair, as for reward models
+    again = train(parse_config(RL_SECTIONS, [
+        "--use_dpo", "--base_model", str(tiny_model), "--preference_data", str(folder.mined_pairs), "--output_dir",
+        str(tmp_path / "out"), "--experiment_name", "from_mined_file", "--max_steps", "1", "--batch_size", "2",
+        "--gradient_accumulation_steps", "1", "--max_seq_length", "512", "--eval_steps", "0"]))
+    assert json.loads(again.rewards_json.read_text())["method"] == "dpo"  # the file is reusable as DPO data
 
     cfg = parse_config(RL_SECTIONS, argv)
     same = lambda problems, answers: [[ScoredAnswer(a, 0, 5) for a in group] for group in answers]  # noqa: E731
