@@ -155,8 +155,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
                 right.plot(*zip(*points), style, label=f"{key.split('/')[-1]} (round {r})")
         offset = max([s["step"] + offset for s in t["steps"]], default=offset)
     right.set_xlabel("training step")
-    right.set_title("training curves")
-    right.legend()
+    right.set_title("training curves" if report["training"] else "no training run given")
+    if report["training"]:
+        right.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
