@@ -142,7 +142,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         left.bar(xs, values, width, label=e["label"], color="#999999" if i == 0 else None)
         for x, v in zip(xs, values):
             left.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    left.set_xticks(range(len(rates)), [f"{name}\np={m}" for name, m in zip(rates, [c["sign_test_p"]] + [
+    left.set_xticks(range(len(rates)), [f"{name}\np{_p(m)}" for name, m in zip(rates, [c["sign_test_p"]] + [
         s["sign_test_p"] for s in c["secondary"].values()])])
     left.set_title(f"held-out, {c['problems']} problems (mean per answer; sign test over problems)", fontsize=10)
     left.legend()
@@ -165,6 +165,11 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _p(p: float) -> str:
+    """A p value as the report rounds it (4 decimals): one that rounds to 0 is below 0.0001, not 0."""
+    return "<0.0001" if p == 0 else f"={p}"
+
+
 def write_report(report: dict[str, Any], paths: list[Path], png: Path) -> None:
     text = json.dumps(report, indent=2) + "\n"
     for path in paths:
@@ -175,11 +180,11 @@ def write_report(report: dict[str, Any], paths: list[Path], png: Path) -> None:
     c = report["change"]
     rows = ", ".join(f"{e['label']} {e['pass@1']:.3f} ({e['solved_problems']} solved)" for e in report["evaluations"])
     print(f"\nheld-out pass@1: {rows}\nchange {c['pass@1_change']:+.3f} (95% CI {c['pass@1_change_95ci']}), "
-          f"{c['problems_better']} problems better, {c['problems_worse']} worse, sign test p={c['sign_test_p']}"
+          f"{c['problems_better']} problems better, {c['problems_worse']} worse, sign test p{_p(c['sign_test_p'])}"
           f"{'' if c['beyond_noise'] else ': within sampling noise'}")
     for name, m in c["secondary"].items():
         print(f"{name.replace('_', ' ')} per answer: {m['before']:.3f} -> {m['after']:.3f}, {m['problems_better']} "
-              f"problems better, {m['problems_worse']} worse, sign test p={m['sign_test_p']}"
+              f"problems better, {m['problems_worse']} worse, sign test p{_p(m['sign_test_p'])}"
               f"{'' if m['beyond_noise'] else ': within sampling noise'}")
     print(f"report: {paths[0]}")
 
