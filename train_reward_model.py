@@ -107,7 +107,7 @@ def _sample(cfg: Config, prompts: list) -> list[list[str]]:
     set_seed(cfg.model.seed)
     g = cfg.generation
     return sample_completions(model, tokenizer, [as_chat(tokenizer, p) for p in prompts], 1, g.temperature,
-                              g.max_completion_length)
+                              g.max_completion_length, desc="demonstrations: sampling policy answers")
 
 
 def train_reward_model(cfg: Config) -> RunFolder:
