@@ -150,6 +150,17 @@ def test_memory_limit(sb: Sandbox) -> None:
     assert r.status == "memory_limit" and r.wall_time < 3
 
 
+def test_memory_shared_by_forks_counts_once(sb: Sandbox) -> None:
+    # five processes each map the same 80 MiB: 400 MiB resident in all, far less proportionally
+    src = (
+        "import os, time\nx = b'x' * (80 << 20)\npids = []\nfor _ in range(4):\n    pids.append(os.fork())\n"
+        "    if pids[-1] == 0:\n        time.sleep(0.4)\n        os._exit(0)\nfor p in pids:\n    os.waitpid(p, 0)\n"
+        "print('done')"
+    )
+    r = run(sb, src, Limits(cpu_time=5, memory=256 << 20))
+    assert (r.status, r.stdout) == ("exited", "done\n"), r
+
+
 def test_huge_single_allocation_fails_fast(sb: Sandbox) -> None:
     r = run(sb, "x = b'x' * (64 << 30)", Limits(cpu_time=5, memory=200 << 20))
     assert r.exit_code == 1 and "MemoryError" in r.stderr
