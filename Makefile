@@ -8,9 +8,11 @@ DEMO_DIR ?= output
 
 .PHONY: install model demo test bench
 
+# Not editable: the scripts run from this folder, and an editable install of a project without modules only adds an
+# import hook that every interpreter start pays for (~20 ms), sandbox servers and benchmarks included.
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check ".[dev]"
 
 model: install
 	$(PYTHON) embedded_model.py
