@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -131,6 +131,9 @@ class Verdict:
     cpu_time: float = 0.0  # kernel-measured, all jobs together
     wall_time: float = 0.0
     detail: str = ""
+    # a failed answer that gave every test the same value (say False to every yes/no question): its partial credit
+    # is luck, and a policy that drifts towards such answers is gaming the reward
+    same_value: bool = False
 
     @property
     def passed(self) -> bool:
@@ -836,7 +839,8 @@ def _judge_stdio(problem: Problem, outcomes: Sequence[RunOutcome], cpu: float, w
             passed += 1
         else:
             detail = detail or f"case {i}: wrong output"
-    return _decide(passed, total, errors, died=False, cpu=cpu, wall=wall, detail=detail)
+    verdict = _decide(passed, total, errors, died=False, cpu=cpu, wall=wall, detail=detail)
+    return _mark_same_value(verdict, [o.stdout.split() for o in outcomes if o.exit_code == 0])
 
 
 def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float) -> Verdict:
@@ -845,10 +849,13 @@ def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float
     events = _events(outcome.report)
     first = {e.get("e"): e for e in reversed(events)}  # the first event of each kind
     results: dict[int, tuple[bool, str]] = {}
+    values = []
     for event in events:
         index = event.get("i")
         if event.get("e") == "test" and type(index) is int and 0 <= index < total and index not in results:
             results[index] = _test_result(problem.tests[index], event)
+            if "v" in event and "error" not in event:
+                values.append(event["v"])
     passed = sum(ok for ok, _ in results.values())
     errors = [why for ok, why in results.values() if not ok and why.startswith("raised")]
     detail = next((f"test {i}: {why}" for i, (ok, why) in sorted(results.items()) if not ok), "")
@@ -876,7 +883,7 @@ def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float
         detail = f"the tests' set-up failed: {first['script_error'].get('msg')}"
     if "died" in first:
         detail = str(first["died"].get("msg"))
-    return _decide(passed, total, len(errors), "died" in first, cpu, wall, detail)
+    return _mark_same_value(_decide(passed, total, len(errors), "died" in first, cpu, wall, detail), values)
 
 
 def _decide(
@@ -887,6 +894,13 @@ def _decide(
     if died or (passed == 0 and errors == total):
         return Verdict("runtime_error", passed, total, cpu, wall, detail)
     return Verdict("failed", passed, total, cpu, wall, detail)
+
+
+def _mark_same_value(verdict: Verdict, values: list) -> Verdict:
+    """``values``: what the answer gave the tests (those that gave one back)."""
+    if verdict.status == "failed" and len(values) == verdict.tests_total > 1 and all(v == values[0] for v in values):
+        return replace(verdict, same_value=True)
+    return verdict
 
 
 def _events(report: str) -> list[dict]:

@@ -59,6 +59,7 @@ class ScoreResult:
     wall_time: float = 0.0
     cached: bool = False
     detail: str = ""
+    same_value: bool = False  # failed, with the same value for every test (problems.Verdict.same_value)
 
     @property
     def passed(self) -> bool:
@@ -392,6 +393,7 @@ class TestCaseReward(Scorer):
             wall_time=verdict.wall_time,
             cached=cached,
             detail=verdict.detail,
+            same_value=verdict.same_value,
         )
 
 
@@ -668,6 +670,8 @@ def _print_summary(
     )
     print(f"  programs run: {scorer.programs_run}, cache hits: {scorer.cache_hits}")
     print("  " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]))
+    if same := sum(r.same_value for r in results):
+        print(f"  of the failed, {same} gave every test the same value (partial credit by luck)")
     if judged:
         print(f"  mean reward {sum(judged) / len(judged):.4f}")
         names = sorted({name for r in results if r.reward is not None for name in r.components})

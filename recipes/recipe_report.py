@@ -24,17 +24,20 @@ from data_loading import atomic_write
 
 def load_eval(folder: Path, label: str) -> dict[str, Any]:
     """One --eval_only run: its metrics, and per problem from its samples file: answers, passing answers, the
-    fraction of tests passed summed over answers, and answers that ran through the tests (passed or failed, not a
-    syntax error, crash or timeout)."""
+    fraction of tests passed summed over answers (also with answers that gave every test the same value counted as
+    none), and answers that ran through the tests (passed or failed, not a syntax error, crash or timeout)."""
     metrics = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1]
     per_problem: dict[str, dict[str, float]] = {}
     (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
     for line in samples.read_text().splitlines():
         s = json.loads(line)
-        p = per_problem.setdefault(s["task_id"], {"samples": 0, "passed": 0, "tests": 0.0, "error_free": 0})
+        p = per_problem.setdefault(s["task_id"], {"samples": 0, "passed": 0, "tests": 0.0, "tests_varied": 0.0,
+                                                  "error_free": 0})  # fmt: skip
         p["samples"] += 1
         p["passed"] += bool(s["passed"])
-        p["tests"] += (s.get("tests_passed") or 0) / max(1, s.get("tests_total") or 0)
+        tests = (s.get("tests_passed") or 0) / max(1, s.get("tests_total") or 0)
+        p["tests"] += tests
+        p["tests_varied"] += 0.0 if s.get("same_value") else tests
         p["error_free"] += s.get("status") in ("passed", "failed")
     keep = ("problems", "samples", "pass@1", "reward") + tuple(k for k in metrics if k.startswith(("pass@", "status/")))
     return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
@@ -59,8 +62,10 @@ def bootstrap_interval(diffs: list[float], resamples: int = 10000, seed: int = 0
     return (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1])
 
 
-# Besides pass@1, what an answer can get better at before it passes: more of its tests, and running at all.
-SECONDARY = {"tests_passed": "tests", "error_free": "error_free"}
+# Besides pass@1, what an answer can get better at before it passes: more of its tests, and running at all. The tests
+# passed again without the answers that gave every test the same value: "return False" passes the tests that expect
+# False, and a rise made of such answers is not learning.
+SECONDARY = {"tests_passed": "tests", "tests_passed_varied": "tests_varied", "error_free": "error_free"}
 
 
 def _rate(evaluation: dict[str, Any], task: str, key: str) -> float:
@@ -142,8 +147,8 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         left.bar(xs, values, width, label=e["label"], color="#999999" if i == 0 else None)
         for x, v in zip(xs, values):
             left.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-    left.set_xticks(range(len(rates)), [f"{name}\np{_p(m)}" for name, m in zip(rates, [c["sign_test_p"]] + [
-        s["sign_test_p"] for s in c["secondary"].values()])])
+    ps = [c["sign_test_p"], c["secondary"]["tests_passed"]["sign_test_p"], c["secondary"]["error_free"]["sign_test_p"]]
+    left.set_xticks(range(len(rates)), [f"{name}\np{_p(p)}" for name, p in zip(rates, ps, strict=True)])
     left.set_title(f"held-out, {c['problems']} problems (mean per answer; sign test over problems)", fontsize=10)
     left.legend()
     offset = 0
@@ -183,7 +188,8 @@ def write_report(report: dict[str, Any], paths: list[Path], png: Path) -> None:
           f"{c['problems_better']} problems better, {c['problems_worse']} worse, sign test p{_p(c['sign_test_p'])}"
           f"{'' if c['beyond_noise'] else ': within sampling noise'}")
     for name, m in c["secondary"].items():
-        print(f"{name.replace('_', ' ')} per answer: {m['before']:.3f} -> {m['after']:.3f}, {m['problems_better']} "
+        label = {"tests_passed_varied": "tests passed, one-value answers as none,"}.get(name, name.replace("_", " "))
+        print(f"{label} per answer: {m['before']:.3f} -> {m['after']:.3f}, {m['problems_better']} "
               f"problems better, {m['problems_worse']} worse, sign test p{_p(m['sign_test_p'])}"
               f"{'' if m['beyond_noise'] else ': within sampling noise'}")
     print(f"report: {paths[0]}")

@@ -352,6 +352,17 @@ def test_judge_compares_call_results_as_json(qrl: problems.Problem) -> None:
     assert "expected [], got [1]" in verdict.detail
 
 
+def test_judge_marks_answers_that_give_every_test_the_same_value(qrl: problems.Problem) -> None:
+    sub = problems.prepare(qrl, "def run_length_encode(s): return []")
+    same = [{"e": "loaded"}] + [{"e": "test", "i": i, "v": []} for i in range(2)] + [{"e": "done"}]
+    verdict = problems.judge(sub, [outcome(same)])
+    assert (verdict.status, verdict.tests_passed, verdict.same_value) == ("failed", 1, True)
+    varied = same[:2] + [{"e": "test", "i": 1, "v": [1]}, {"e": "done"}]
+    assert not problems.judge(sub, [outcome(varied)]).same_value
+    raised = same[:2] + [{"e": "test", "i": 1, "error": "ValueError: x"}, {"e": "done"}]
+    assert not problems.judge(sub, [outcome(raised)]).same_value  # one value given back: nothing to compare
+
+
 def test_judge_never_takes_a_pass_on_word(humaneval: problems.Problem) -> None:
     sub = problems.prepare(humaneval, "    return a + b\n")
     forged = [{"e": "loaded"}] + [{"e": "test", "i": i, "ok": True} for i in range(5)] + [{"e": "done"}]
@@ -411,6 +422,8 @@ def test_judge_stdio_normalises_whitespace(tmp_path: Path) -> None:
     assert ok.status == "passed" and ok.cpu_time == 0.02
     half = problems.judge(sub, [outcome(stdout="3\n"), outcome(stdout="31\n")])
     assert (half.status, half.tests_passed) == ("failed", 1)
+    assert not half.same_value
+    assert problems.judge(sub, [outcome(stdout="3\n"), outcome(stdout="3")]).same_value
     crash = problems.judge(sub, [outcome(exit_code=1), outcome(exit_code=1)])
     assert crash.status == "runtime_error"
     assert problems.judge(sub, [outcome(), outcome(status="timeout")]).status == "timeout"

@@ -9,7 +9,7 @@ from conftest import problem_rows, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from recipe_report import bootstrap_interval, change, sign_test
+from recipe_report import bootstrap_interval, change, load_eval, sign_test
 
 
 def test_sign_test():
@@ -28,8 +28,8 @@ def test_bootstrap_interval_holds_the_mean():
 def _eval(label, passes, tests=None, error_free=None):
     """An evaluation with 4 answers a problem: ``passes`` answers passing per problem, and optionally the summed
     fraction of tests passed and the number of error-free answers (default: as many as passed)."""
-    per_problem = {t: {"samples": 4, "passed": k, "tests": (tests or passes)[t], "error_free": (error_free or passes)[t]}
-                   for t, k in passes.items()}
+    per_problem = {t: {"samples": 4, "passed": k, "tests": (tests or passes)[t], "tests_varied": (tests or passes)[t],
+                       "error_free": (error_free or passes)[t]} for t, k in passes.items()}
     return {"label": label, "per_problem": per_problem, "solved_problems": sum(k > 0 for k in passes.values())}
 
 
@@ -55,6 +55,18 @@ def test_change_reports_tests_passed_and_error_free_answers_apart_from_passes():
     tests, runs = c["secondary"]["tests_passed"], c["secondary"]["error_free"]
     assert (tests["before"], tests["after"], tests["problems_better"]) == (0.125, 0.5, 12) and tests["beyond_noise"]
     assert (runs["change"], runs["problems_worse"]) == (-0.5, 12) and runs["beyond_noise"]
+
+
+def test_load_eval_counts_one_value_answers_apart(tmp_path):
+    """An answer that gave every test the same value keeps its tests passed, and counts none in tests_varied."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "logs" / "eval_results.json").write_text(json.dumps({"steps": [{"problems": 1, "samples": 2, "pass@1": 0}]}))
+    rows = [{"task_id": "t", "passed": False, "status": "failed", "tests_passed": 1, "tests_total": 2, "same_value": True},
+            {"task_id": "t", "passed": False, "status": "failed", "tests_passed": 1, "tests_total": 4}]
+    write_jsonl(tmp_path / "results" / "samples_m.jsonl", rows)
+    problem = load_eval(tmp_path, "eval-0")["per_problem"]["t"]
+    assert (problem["tests"], problem["tests_varied"], problem["error_free"]) == (0.75, 0.25, 2)
 
 
 def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):

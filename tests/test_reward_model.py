@@ -393,6 +393,8 @@ def test_score_command(problem_file: Path, tmp_path: Path) -> None:
     assert set(lines[0]) >= {"task_id", "passed", "status", "tests_passed", "tests_total", "reward", "components",
                              "cpu_time", "wall_time"}  # fmt: skip
     assert lines[4]["cached"] and lines[0]["reward"] == lines[4]["reward"]
+    assert [r["same_value"] for r in lines] == [False, False, False, False, False, True]  # print(0): "0" each time
+    assert "of the failed, 1 gave every test the same value" in proc.stdout
     # rle: 2 of 4 pass, sum: 1 of 2; pass@2 = mean(1 - C(2,2)/C(4,2), 1 - C(1,2)/C(2,2)) = mean(5/6, 1)
     assert "pass@1: 0.5000" in proc.stdout and "pass@2: 0.9167" in proc.stdout and "pass@3" not in proc.stdout
 
