@@ -115,6 +115,8 @@ class Scorer:
             counts = Counter(r.status for r in results)
             for status in STATUSES if any(r.status for r in results) else ():
                 log_metric(f"{self.name}/status/{status}", counts[status] / len(results))
+            if any(r.status for r in results):  # partial credit that rises only here is reward hacking, not learning
+                log_metric(f"{self.name}/same_value", sum(r.same_value for r in results) / len(results))
         log_extra = kwargs.get("log_extra")
         if callable(log_extra) and any(r.status for r in results):
             log_extra(f"{self.name}_status", [r.status for r in results])

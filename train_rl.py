@@ -510,6 +510,7 @@ def summarize(samples: list[dict], n: int, pass_at_k) -> dict:
     metrics["reward"] = sum(scored) / len(scored) if scored else None
     for status, count in sorted(Counter(s["status"] for s in samples).items()):
         metrics[f"status/{status}"] = count
+    metrics["same_value"] = sum(bool(s.get("same_value")) for s in samples)  # failed, one value for every test
     return metrics
 
 

@@ -342,6 +342,7 @@ def test_trl_reward_function(scorer: TestCaseReward) -> None:
     assert metrics["test_cases/pass"] == [pytest.approx(2 / 3)]
     assert set(metrics) >= {f"test_cases/{c}" for c in ("pass", "partial", "all_pass_bonus", "time")}
     assert sum(metrics[f"test_cases/status/{s}"][0] for s in STATUSES) == pytest.approx(1.0)
+    assert metrics["test_cases/same_value"] == [pytest.approx(1 / 3)]  # `return []`: the same value for every test
     assert extra["test_cases_status"] == ["passed", "failed", "passed"]
     assert scorer.__name__ == "test_cases"
 

@@ -195,8 +195,9 @@ def test_eval_only_writes_results_and_readable_samples(grpo_argv, tiny_model):
     evals = json.loads(folder.eval_json.read_text())
     assert evals["method"] == "eval_only" and evals["steps"][0]["samples"] == 3
     samples = [json.loads(line) for line in (folder.results / f"samples_{tiny_model.name}.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 and {"task_id", "completion", "passed", "status"} <= samples[0].keys()
+    assert len(samples) == 3 and {"task_id", "completion", "passed", "status", "same_value"} <= samples[0].keys()
     assert samples[0]["task_id"] == "py/2"  # the eval split only
+    assert evals["steps"][0]["same_value"] == sum(s["same_value"] for s in samples)
     assert not folder.checkpoints.exists()
 
 
