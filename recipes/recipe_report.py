@@ -39,7 +39,8 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
         p["tests"] += tests
         p["tests_varied"] += 0.0 if s.get("same_value") else tests
         p["error_free"] += s.get("status") in ("passed", "failed")
-    keep = ("problems", "samples", "pass@1", "reward", "same_value") + tuple(k for k in metrics if k.startswith(("pass@", "status/")))
+    keep = ("problems", "samples", "pass@1", "reward", "same_value") + tuple(
+        k for k in metrics if k.startswith(("pass@", "status/")))
     return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
             "solved_problems": sum(p["passed"] > 0 for p in per_problem.values()), "per_problem": per_problem}
 

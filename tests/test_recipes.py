@@ -61,9 +61,10 @@ def test_load_eval_counts_one_value_answers_apart(tmp_path):
     """An answer that gave every test the same value keeps its tests passed, and counts none in tests_varied."""
     (tmp_path / "logs").mkdir()
     (tmp_path / "results").mkdir()
-    (tmp_path / "logs" / "eval_results.json").write_text(json.dumps({"steps": [{"problems": 1, "samples": 2, "pass@1": 0}]}))
-    rows = [{"task_id": "t", "passed": False, "status": "failed", "tests_passed": 1, "tests_total": 2, "same_value": True},
-            {"task_id": "t", "passed": False, "status": "failed", "tests_passed": 1, "tests_total": 4}]
+    metrics = {"steps": [{"problems": 1, "samples": 2, "pass@1": 0}]}
+    (tmp_path / "logs" / "eval_results.json").write_text(json.dumps(metrics))
+    failed = {"task_id": "t", "passed": False, "status": "failed", "tests_passed": 1}
+    rows = [{**failed, "tests_total": 2, "same_value": True}, {**failed, "tests_total": 4}]
     write_jsonl(tmp_path / "results" / "samples_m.jsonl", rows)
     problem = load_eval(tmp_path, "eval-0")["per_problem"]["t"]
     assert (problem["tests"], problem["tests_varied"], problem["error_free"]) == (0.75, 0.25, 2)
