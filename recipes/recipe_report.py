@@ -28,6 +28,7 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
     none), and answers that ran through the tests (passed or failed, not a syntax error, crash or timeout)."""
     metrics = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1]
     per_problem: dict[str, dict[str, float]] = {}
+    marked = False
     (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
     for line in samples.read_text().splitlines():
         s = json.loads(line)
@@ -39,6 +40,10 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
         p["tests"] += tests
         p["tests_varied"] += 0.0 if s.get("same_value") else tests
         p["error_free"] += s.get("status") in ("passed", "failed")
+        marked = marked or "same_value" in s
+    if not marked:  # answers judged before verdicts marked one-value answers: unknown, not zero
+        for p in per_problem.values():
+            del p["tests_varied"]
     keep = ("problems", "samples", "pass@1", "reward", "same_value") + tuple(
         k for k in metrics if k.startswith(("pass@", "status/")))
     return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
@@ -107,7 +112,8 @@ def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "sign_test_p": passed["sign_test_p"], "beyond_noise": passed["beyond_noise"],
         "improved_tasks": [t for t, d in zip(tasks, diffs) if d > 0],
         "worsened_tasks": [t for t, d in zip(tasks, diffs) if d < 0],
-        "secondary": {name: _moved(before, after, tasks, key)[1] for name, key in SECONDARY.items()},
+        "secondary": {name: _moved(before, after, tasks, key)[1] for name, key in SECONDARY.items()
+                      if all(key in e["per_problem"][t] for e in (before, after) for t in tasks)},
     }
 
 

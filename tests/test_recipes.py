@@ -68,6 +68,10 @@ def test_load_eval_counts_one_value_answers_apart(tmp_path):
     write_jsonl(tmp_path / "results" / "samples_m.jsonl", rows)
     problem = load_eval(tmp_path, "eval-0")["per_problem"]["t"]
     assert (problem["tests"], problem["tests_varied"], problem["error_free"]) == (0.75, 0.25, 2)
+    write_jsonl(tmp_path / "results" / "samples_m.jsonl", [{**failed, "tests_total": 2}])  # judged before the mark
+    older = load_eval(tmp_path, "eval-1")
+    assert "tests_varied" not in older["per_problem"]["t"]
+    assert list(change(older, load_eval(tmp_path, "eval-1"))["secondary"]) == ["tests_passed", "error_free"]
 
 
 def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
