@@ -212,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", required=True, help="the recipe's name, for the report and its plot")
     parser.add_argument("--report", required=True, help="the report's JSON file (a PNG goes beside it)")
     args = parser.parse_args(argv)
+    for folder in args.evals:
+        if not (Path(folder) / "logs" / "eval_results.json").is_file() or len(
+                list((Path(folder) / "results").glob("samples_*.jsonl"))) != 1:
+            parser.exit(2, f"recipe_report.py: error: {folder} is not an --eval_only run folder (logs/eval_results.json "
+                           "and one results/samples_*.jsonl)\n")
+    for folder in args.training:
+        if not (Path(folder) / "logs" / "rewards.json").is_file():
+            parser.exit(2, f"recipe_report.py: error: {folder} is not a training run folder (no logs/rewards.json)\n")
     evals = [load_eval(Path(f), Path(f).name) for f in args.evals]
     report = {"recipe": args.recipe, **compare(evals, [Path(t) for t in args.training]),
               "command": "python recipes/recipe_report.py " + shlex.join(argv if argv is not None else sys.argv[1:])}

@@ -74,6 +74,16 @@ def test_load_eval_counts_one_value_answers_apart(tmp_path):
     assert list(change(older, load_eval(tmp_path, "eval-1"))["secondary"]) == ["tests_passed", "error_free"]
 
 
+def test_report_command_names_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from recipe_report import main
+
+    report = tmp_path / "report.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--evals", str(tmp_path / "nowhere"), "--recipe", "r", "--report", str(report)])
+    assert exit_.value.code == 2 and f"{tmp_path / 'nowhere'} is not an --eval_only run folder" in capsys.readouterr().err
+    assert not report.exists()
+
+
 def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     """Two problems (one to mine, one held out), two rounds of one DPO step each (the second mined from the first's
     model), evaluations before and after each, the report."""
