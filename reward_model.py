@@ -112,10 +112,11 @@ class Scorer:
                 values = [r.components.get(component, 0.0) for r in judged]
                 if values:
                     log_metric(f"{self.name}/{component}", sum(values) / len(values))
-            counts = Counter(r.status for r in results)
-            for status in STATUSES if any(r.status for r in results) else ():
-                log_metric(f"{self.name}/status/{status}", counts[status] / len(results))
-            if any(r.status for r in results):  # partial credit that rises only here is reward hacking, not learning
+            if any(r.status for r in results):
+                counts = Counter(r.status for r in results)
+                for status in STATUSES:
+                    log_metric(f"{self.name}/status/{status}", counts[status] / len(results))
+                # partial credit that rises only with this is reward hacking, not learning
                 log_metric(f"{self.name}/same_value", sum(r.same_value for r in results) / len(results))
         log_extra = kwargs.get("log_extra")
         if callable(log_extra) and any(r.status for r in results):

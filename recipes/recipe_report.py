@@ -28,22 +28,20 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
     none), and answers that ran through the tests (passed or failed, not a syntax error, crash or timeout)."""
     metrics = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1]
     per_problem: dict[str, dict[str, float]] = {}
-    marked = False
     (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
-    for line in samples.read_text().splitlines():
-        s = json.loads(line)
-        p = per_problem.setdefault(s["task_id"], {"samples": 0, "passed": 0, "tests": 0.0, "tests_varied": 0.0,
-                                                  "error_free": 0})  # fmt: skip
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    # answers judged before verdicts marked one-value answers: tests passed without them is unknown, not all
+    marked = any("same_value" in s for s in rows)
+    for s in rows:
+        p = per_problem.setdefault(s["task_id"], {"samples": 0, "passed": 0, "tests": 0.0, "error_free": 0,
+                                                  **({"tests_varied": 0.0} if marked else {})})  # fmt: skip
         p["samples"] += 1
         p["passed"] += bool(s["passed"])
         tests = (s.get("tests_passed") or 0) / max(1, s.get("tests_total") or 0)
         p["tests"] += tests
-        p["tests_varied"] += 0.0 if s.get("same_value") else tests
+        if marked:
+            p["tests_varied"] += 0.0 if s.get("same_value") else tests
         p["error_free"] += s.get("status") in ("passed", "failed")
-        marked = marked or "same_value" in s
-    if not marked:  # answers judged before verdicts marked one-value answers: unknown, not zero
-        for p in per_problem.values():
-            del p["tests_varied"]
     keep = ("problems", "samples", "pass@1", "reward", "same_value") + tuple(
         k for k in metrics if k.startswith(("pass@", "status/")))
     return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
