@@ -545,6 +545,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def summarize_samples(samples: Sequence[dict], n: int) -> dict[str, Any]:
+    """An evaluation's numbers from its judged samples (``ScoreResult.to_json`` rows): pass@k for k = 1 and n, mean
+    reward, verdict counts and one-value answers; from the rows, so that answers judged again get numbers to match."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        by_task[s["task_id"]].append(s)
+    metrics: dict[str, Any] = {"problems": len(by_task), "samples": len(samples)}
+    for k in sorted({1, n}):
+        scores = [pass_at_k(len(v), sum(bool(x["passed"]) for x in v), k) for v in by_task.values() if len(v) >= k]
+        metrics[f"pass@{k}"] = sum(scores) / len(scores) if scores else 0.0
+    scored = [s["reward"] for s in samples if s.get("reward") is not None]
+    metrics["reward"] = sum(scored) / len(scored) if scored else None
+    for status, count in sorted(Counter(s["status"] for s in samples).items()):
+        metrics[f"status/{status}"] = count
+    metrics["same_value"] = sum(bool(s.get("same_value")) for s in samples)  # failed, one value for every test
+    return metrics
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line.
 

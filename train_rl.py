@@ -464,7 +464,7 @@ class PassAtKEvaluator:
         self.seed = cfg.model.seed
 
     def __call__(self, model, accelerator=None) -> tuple[dict, list[dict]]:
-        from reward_model import pass_at_k
+        from reward_model import summarize_samples
 
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         mine = self.problems[rank::world]
@@ -492,26 +492,7 @@ class PassAtKEvaluator:
             from accelerate.utils import gather_object
 
             samples = gather_object(samples)
-        return summarize(samples, self.n, pass_at_k), samples
-
-
-def summarize(samples: list[dict], n: int, pass_at_k) -> dict:
-    """pass@k for k = 1 and n, mean reward, and verdict counts, from per-sample results."""
-    from collections import Counter
-
-    by_task: dict[str, list[dict]] = {}
-    for s in samples:
-        by_task.setdefault(s["task_id"], []).append(s)
-    metrics: dict = {"problems": len(by_task), "samples": len(samples)}
-    for k in sorted({1, n}):
-        scores = [pass_at_k(len(v), sum(x["passed"] for x in v), k) for v in by_task.values() if len(v) >= k]
-        metrics[f"pass@{k}"] = sum(scores) / len(scores) if scores else 0.0
-    scored = [s["reward"] for s in samples if s.get("reward") is not None]
-    metrics["reward"] = sum(scored) / len(scored) if scored else None
-    for status, count in sorted(Counter(s["status"] for s in samples).items()):
-        metrics[f"status/{status}"] = count
-    metrics["same_value"] = sum(bool(s.get("same_value")) for s in samples)  # failed, one value for every test
-    return metrics
+        return summarize_samples(samples, self.n), samples
 
 
 TRAINERS = {"dpo": train_dpo, "grpo_test_cases": train_grpo, "grpo_composite": train_grpo,

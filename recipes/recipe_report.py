@@ -20,13 +20,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
 from data_loading import atomic_write
+from reward_model import summarize_samples
 
 
 def load_eval(folder: Path, label: str) -> dict[str, Any]:
-    """One --eval_only run: its metrics, and per problem from its samples file: answers, passing answers, the
-    fraction of tests passed summed over answers (also with answers that gave every test the same value counted as
-    none), and answers that ran through the tests (passed or failed, not a syntax error, crash or timeout)."""
-    metrics = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1]
+    """One --eval_only run, from its samples file (so that answers judged again give numbers to match): pass@k,
+    verdict counts, and per problem: answers, passing answers, the fraction of tests passed summed over answers (also
+    with answers that gave every test the same value counted as none), and answers that ran through the tests
+    (passed or failed, not a syntax error, crash or timeout). The model's name is the run's own."""
+    model = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1].get("model")
     per_problem: dict[str, dict[str, float]] = {}
     (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -42,9 +44,10 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
         if marked:
             p["tests_varied"] += 0.0 if s.get("same_value") else tests
         p["error_free"] += s.get("status") in ("passed", "failed")
-    keep = ("problems", "samples", "pass@1", "reward", "same_value") + tuple(
-        k for k in metrics if k.startswith(("pass@", "status/")))
-    return {"label": label, "model": metrics.get("model"), **{k: metrics[k] for k in keep if k in metrics},
+    metrics = summarize_samples(rows, max((p["samples"] for p in per_problem.values()), default=1))
+    if not marked:
+        del metrics["same_value"]  # unknown, not none
+    return {"label": label, "model": model, **metrics,
             "solved_problems": sum(p["passed"] > 0 for p in per_problem.values()), "per_problem": per_problem}
 
 

@@ -58,19 +58,22 @@ def test_change_reports_tests_passed_and_error_free_answers_apart_from_passes():
 
 
 def test_load_eval_counts_one_value_answers_apart(tmp_path):
-    """An answer that gave every test the same value keeps its tests passed, and counts none in tests_varied."""
+    """An answer that gave every test the same value keeps its tests passed, and counts none in tests_varied; the
+    counts come from the samples as judged now, not from the run's metrics."""
     (tmp_path / "logs").mkdir()
     (tmp_path / "results").mkdir()
-    metrics = {"steps": [{"problems": 1, "samples": 2, "pass@1": 0}]}
+    metrics = {"steps": [{"problems": 1, "samples": 2, "pass@1": 0, "status/failed": 9}]}  # judged before: stale
     (tmp_path / "logs" / "eval_results.json").write_text(json.dumps(metrics))
     failed = {"task_id": "t", "passed": False, "status": "failed", "tests_passed": 1}
     rows = [{**failed, "tests_total": 2, "same_value": True}, {**failed, "tests_total": 4}]
     write_jsonl(tmp_path / "results" / "samples_m.jsonl", rows)
-    problem = load_eval(tmp_path, "eval-0")["per_problem"]["t"]
+    evaluation = load_eval(tmp_path, "eval-0")
+    problem = evaluation["per_problem"]["t"]
     assert (problem["tests"], problem["tests_varied"], problem["error_free"]) == (0.75, 0.25, 2)
+    assert (evaluation["status/failed"], evaluation["same_value"], evaluation["pass@2"]) == (2, 1, 0.0)
     write_jsonl(tmp_path / "results" / "samples_m.jsonl", [{**failed, "tests_total": 2}])  # judged before the mark
     older = load_eval(tmp_path, "eval-1")
-    assert "tests_varied" not in older["per_problem"]["t"]
+    assert "tests_varied" not in older["per_problem"]["t"] and "same_value" not in older
     assert list(change(older, load_eval(tmp_path, "eval-1"))["secondary"]) == ["tests_passed", "error_free"]
 
 
