@@ -47,7 +47,8 @@ from q_trl_training import build_grpo_trainer, build_prompt, check_vllm, prompt_
 
 
 def problem(prompt="Write a Python function `add(a, b)` returning a + b.", language="python", joins=False):
-    return SimpleNamespace(prompt=prompt, language=language, completion_joins_prompt=joins, task_id="t")
+    return SimpleNamespace(prompt=prompt, language=language, completion_joins_prompt=joins, task_id="t",
+                           entry_point="add")
 
 
 def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
@@ -57,8 +58,10 @@ def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
     chat = build_prompt(problem(), tok)
     assert chat[0]["role"] == "user" and "```python" in chat[0]["content"]
     assert prompt_text(chat, tok).endswith("<|im_start|>assistant\n")
-    raw = build_prompt(problem("def add(a, b):\n    ", joins=True), tok)
-    assert raw == "def add(a, b):\n    "  # completion-style problems are continued, not chatted to
+    code = build_prompt(problem('def add(a, b):\n    """Sum."""\n', joins=True), tok)  # HumanEval style
+    assert code[0]["content"].startswith('Complete the Python function `add`:\n\n```python\ndef add(a, b):\n    """Sum."""\n```')
+    tok.chat_template = None  # a completion model continues the code itself
+    assert build_prompt(problem("def add(a, b):\n    ", joins=True), tok) == "def add(a, b):\n    "
 
 
 def test_truncation_cuts_from_the_left_and_keeps_the_end(tiny_model):
