@@ -302,7 +302,8 @@ def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     instruction = INSTRUCTIONS.get(problem.language, "").format(entry_point=entry_point)
     task = problem.prompt.rstrip()
     if problem.completion_joins_prompt:
-        task = f"Complete the {problem.language.capitalize()} function `{entry_point}`:\n\n```{problem.language}\n{problem.prompt.strip()}\n```"
+        code = f"```{problem.language}\n{problem.prompt.strip()}\n```"
+        task = f"Complete the {problem.language.capitalize()} function `{entry_point}`:\n\n{code}"
     return [{"role": "user", "content": f"{task}\n\n{instruction}".rstrip()}]
 
 

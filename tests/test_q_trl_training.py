@@ -59,7 +59,8 @@ def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
     assert chat[0]["role"] == "user" and "```python" in chat[0]["content"]
     assert prompt_text(chat, tok).endswith("<|im_start|>assistant\n")
     code = build_prompt(problem('def add(a, b):\n    """Sum."""\n', joins=True), tok)  # HumanEval style
-    assert code[0]["content"].startswith('Complete the Python function `add`:\n\n```python\ndef add(a, b):\n    """Sum."""\n```')
+    shown = 'Complete the Python function `add`:\n\n```python\ndef add(a, b):\n    """Sum."""\n```'
+    assert code[0]["content"].startswith(shown)
     tok.chat_template = None  # a completion model continues the code itself
     assert build_prompt(problem("def add(a, b):\n    ", joins=True), tok) == "def add(a, b):\n    "
 
