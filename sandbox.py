@@ -982,6 +982,9 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+_HAS_SMAPS_ROLLUP = os.path.exists("/proc/self/smaps_rollup")
+
+
 def _tree_usage(pid: int, memory_limit: int) -> tuple[int, float]:
     """Memory and CPU seconds of every live process below ``pid``, from /proc (10 ms CPU resolution). Memory is the
     proportional set size (pages a fork shares with its parent count once, not once per process), read only when the
@@ -1004,6 +1007,10 @@ def _tree_usage(pid: int, memory_limit: int) -> tuple[int, float]:
 
 
 def _proportional_memory(pid: int, rss_pages: int) -> int:
+    """A process that ended between reading its stat and its smaps_rollup holds nothing: counting its stale resident
+    pages in full would add the memory it shared to the total once more (four forks exiting at once did)."""
+    if not _HAS_SMAPS_ROLLUP:
+        return rss_pages * resource.getpagesize()  # an old kernel: resident pages, shared ones counted each time
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -1011,7 +1018,7 @@ def _proportional_memory(pid: int, rss_pages: int) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return rss_pages * resource.getpagesize()  # an old kernel: resident pages, shared ones counted each time
+    return 0  # gone, or a zombie without an address space
 
 
 def _kill_if_child_of(pid: int, parents: set[int]) -> None:
