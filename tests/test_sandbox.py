@@ -161,6 +161,14 @@ def test_memory_shared_by_forks_counts_once(sb: Sandbox) -> None:
     assert (r.status, r.stdout) == ("exited", "done\n"), r
 
 
+def test_a_process_gone_before_its_memory_is_read_counts_nothing() -> None:
+    # seen through its stat with 400 MiB resident, ended before its smaps_rollup is read: none of it is held now
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert sandbox._proportional_memory(child.pid, 100_000) == 0
+    assert sandbox._proportional_memory(os.getpid(), 1) > 1 << 20  # a live process: its own proportional memory
+
+
 def test_huge_single_allocation_fails_fast(sb: Sandbox) -> None:
     r = run(sb, "x = b'x' * (64 << 30)", Limits(cpu_time=5, memory=200 << 20))
     assert r.exit_code == 1 and "MemoryError" in r.stderr
