@@ -141,11 +141,40 @@ def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
            "EVAL": "--eval_num_samples 2",
            "EXTRA": "--gradient_accumulation_steps 1 --max_completion_length 8 --max_seq_length 512 --workers 1"}
     script = Path(__file__).resolve().parent.parent / "recipes" / "gpu_grpo.sh"
-    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["bash", str(script)], check=False, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "gpu_grpo" / "results" / "gpu_grpo.json").read_text())
     assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
     assert data["training"][0]["steps"][0]["step"] == 1 and "reward" in data["training"][0]["steps"][0]
     assert data["command"].startswith("python recipes/recipe_report.py --recipe gpu_grpo --evals ")  # its provenance
-    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(["bash", str(script)], check=False, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def mined(task, chosen, reason="pass_over_fail"):
+    return {"prompt": [{"role": "user", "content": task}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": "def f(): pass"}], "task_id": task, "reason": reason}
+
+
+def test_pool_passing_keeps_distinct_passing_answers_capped_per_problem(tmp_path, capsys):
+    from pool_passing import main
+
+    run = tmp_path / "run" / "data"
+    run.mkdir(parents=True)
+    write_jsonl(run / "mined_pairs.jsonl", [mined("a", f"ok {i}") for i in range(5)] + [mined("b", "x", "more_tests")])
+    other = write_jsonl(tmp_path / "other.jsonl", [mined("a", "ok 1\n"), mined("c", "yes")])  # "ok 1" seen already
+    out = tmp_path / "passing.jsonl"
+    assert main(["--inputs", str(tmp_path / "run"), str(other), "--output", str(out), "--per_problem", "3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_task = {t: [r["chosen"][0]["content"].strip() for r in rows if r["task_id"] == t] for t in "abc"}
+    assert len(by_task["a"]) == len(set(by_task["a"])) == 3 and by_task["b"] == [] and by_task["c"] == ["yes"]
+    assert "4 passing answers of 2 problems (6 distinct before the cap)" in capsys.readouterr().out
+
+
+def test_pool_passing_names_a_row_that_is_not_a_mined_pair(tmp_path, capsys):
+    from pool_passing import main
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [mined("a", "ok"), {"prompt": "p", "chosen": "c", "rejected": "r"}])
+    out = tmp_path / "passing.jsonl"
+    assert main(["--inputs", str(pairs), "--output", str(out)]) == 2
+    assert f"{pairs}:2: missing fields 'task_id', 'reason'" in capsys.readouterr().err and not out.exists()
