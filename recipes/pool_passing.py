@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
-from data_loading import UserError, atomic_write, check_writable, read_records, require_fields
+from data_loading import DataError, UserError, atomic_write, check_writable, read_records, require_fields
+from reward_model import completion_text
 
 
 @dataclass
@@ -41,7 +42,10 @@ def pool_passing(inputs: list[str], per_problem: int, seed: int) -> tuple[list[d
             require_fields(record, ("prompt", "chosen", "rejected", "task_id", "reason"))
             row = record.data
             if row["reason"] == "pass_over_fail":
-                chosen = row["chosen"] if isinstance(row["chosen"], str) else row["chosen"][-1]["content"]
+                try:
+                    chosen = completion_text(row["chosen"])
+                except UserError as e:
+                    raise DataError(f"{record.where}: chosen: {e}") from None
                 pair = {k: row[k] for k in ("prompt", "chosen", "rejected", "task_id")}
                 answers[row["task_id"]].setdefault(chosen.strip(), pair)
     rng = random.Random(seed)

@@ -178,3 +178,6 @@ def test_pool_passing_names_a_row_that_is_not_a_mined_pair(tmp_path, capsys):
     out = tmp_path / "passing.jsonl"
     assert main(["--inputs", str(pairs), "--output", str(out)]) == 2
     assert f"{pairs}:2: missing fields 'task_id', 'reason'" in capsys.readouterr().err and not out.exists()
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{**mined("a", "ok"), "chosen": 5}])
+    assert main(["--inputs", str(odd), "--output", str(out)]) == 2
+    assert f"{odd}:1: chosen: cannot read a completion of type int" in capsys.readouterr().err and not out.exists()
