@@ -237,6 +237,10 @@ class MiningArguments:
     mine_samples: int = _opt(8, "Answers sampled per problem when mining.")
     mine_max_pairs: int = _opt(8, "Most pairs kept per problem, largest differences first (0: all).")
     mine_with_reference: bool = _opt(False, "Add each problem's reference solution to its sampled answers.")
+    mine_only: bool = _opt(
+        False, "Write the mined pairs (data/mined_pairs.jsonl in the run folder) and stop without training: to read "
+        "them, or to pool the passing answers of several minings (recipes/pool_passing.py)."
+    )
     policy_model: str | None = _opt(
         None, "Model that writes answers for mining and for --demo_negatives policy (default: --base_model)."
     )
@@ -499,6 +503,10 @@ def validate_training(cfg: Config) -> None:
     for name in ("gamma", "lam"):
         if name in options and not 0 <= options[name] <= 1:
             raise ConfigError(f"--{name} must be between 0 and 1 (got {options[name]})")
+    if options.get("mine_only") and not options.get("mine_pairs_from"):
+        raise ConfigError("--mine_only writes mined pairs: give --mine_pairs_from (problems with tests)")
+    if options.get("mine_only") and options.get("resume_from_checkpoint"):
+        raise ConfigError("--mine_only trains nothing, so there is no checkpoint to resume")
     if options.get("reward_scale") == 0:
         raise ConfigError("--reward_scale must not be 0 (every reward would be 0)")
     if hasattr(cfg, "lora") and cfg.lora.use_peft and not (cfg.lora.lora_r > 0 and cfg.lora.lora_alpha > 0):

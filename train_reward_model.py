@@ -128,9 +128,13 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
 
     from q_trl_training import build_reward_trainer, load_tokenizer, resolve_base_model
     from run_files import RunFolderCallback
-    from train_rl import _run
+    from train_rl import _run, stop_after_mining
 
     train_rows, eval_rows, counts, mined = reward_pairs(cfg)
+    if cfg.mining.mine_only:
+        import mining
+
+        return stop_after_mining(cfg, folder, lambda: mining.write_mined(folder, *mined, cfg.mining.mine_pairs_from))
     model_path = resolve_base_model(cfg.model.base_model)
     tokenizer = load_tokenizer(model_path)
     if isinstance(train_rows[0]["prompt"], list) and not tokenizer.chat_template:
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_reward_model.py: error: {e}", file=sys.stderr)
         return 2
     print(f"Run folder: {folder.root}")
-    print(f"Reward model: {folder.final_model}")
+    if not cfg.mining.mine_only:
+        print(f"Reward model: {folder.final_model}")
     return 0
 
 

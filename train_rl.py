@@ -111,6 +111,8 @@ def train_dpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) ->
     on_create = None
     if cfg.mining.mine_pairs_from:
         train_rows, eval_rows, on_create = _mined_splits(cfg, folder)
+        if cfg.mining.mine_only:
+            return stop_after_mining(cfg, folder, on_create)
     else:
         train_rows, eval_rows = _preference_splits(cfg)
     model_path = resolve_base_model(cfg.model.base_model)
@@ -149,6 +151,16 @@ def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict
         train_rows, eval_rows = split_by_prompt(rows, cfg.data.eval_split if cfg.model.eval_steps else 0, cfg.model.seed)
     same_form(train_rows + eval_rows, "the DPO pairs")
     return train_rows, eval_rows, lambda: mining.write_mined(folder, mined, counts, cfg.mining.mine_pairs_from)
+
+
+def stop_after_mining(cfg: Config, folder: RunFolder, write_mined: Callable[[], None]) -> None:
+    """--mine_only: the run folder gets the run's config and the mined pairs, and no model."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        folder.create(None, cfg.run.overwrite_output_dir)
+        folder.write_config(cfg.to_yaml())
+        write_mined()
 
 
 def train_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:

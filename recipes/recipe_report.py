@@ -1,4 +1,5 @@
-"""Before/after comparison for the recipes: pass@1 per evaluation, per-problem change, and whether it is noise.
+"""What the recipes share: their runs, and the before/after comparison (pass@1 per evaluation, per-problem change,
+and whether it is noise).
 
 With a few dozen held-out problems the question is not only "did pass@1 rise" but "by more than chance": the
 unit is the problem (its samples are not independent), so the change is tested over problems, with a sign test
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import random
 import shlex
 import shutil
 import sys
+import time
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,93 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's
 
 from data_loading import atomic_write
 from reward_model import summarize_samples
+
+# The recipes' evaluation: sampled pass@1 over n answers a problem is steadier than one greedy answer on a few dozen
+# problems; --seed (42 unless given) seeds the draws, so that the models before and after draw the same numbers.
+EVAL_FLAGS = ["--eval_num_samples", "4", "--eval_temperature", "0.8", "--max_completion_length", "160"]
+
+
+@dataclass
+class RecipeArguments:
+    """The options every recipe has; a recipe's own subclass sets its defaults."""
+
+    output_dir: str = field(default="output/recipes", metadata={"help": "Where the recipe's runs go."})
+    name: str = field(default="recipe", metadata={"help": "The recipe's folder under --output_dir."})
+    base_model: str | None = field(default=None, metadata={"help": "Starting model (default: the embedded one)."})
+    problems: str = field(default="data/problems", metadata={
+        "help": "Problems with tests: the 'train' split is trained on, the 'eval' split is held out for evaluation."})
+    rounds: int = field(default=1, metadata={"help": "Rounds of training."})
+    report: str = field(default="recipes/results/recipe.json", metadata={"help": "The report's JSON file."})
+
+
+def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None) -> tuple[Any, RecipeRun | None]:
+    """The recipe's options and its runner; no runner (the error printed) when they cannot work. Flags after
+    ``--`` (or not the recipe's) go to every run_rl.py step."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(arguments, description=doc.split("\n\n")[0])
+    args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    root = Path(args.output_dir) / args.name
+    if args.rounds < 1:
+        print(f"{script}.py: error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+        return args, None
+    if root.exists():
+        print(f"{script}.py: error: {root} exists: choose another --name or remove it", file=sys.stderr)
+        return args, None
+    return args, RecipeRun(script, root, args.problems, [a for a in extra if a != "--"])
+
+
+class RecipeRun:
+    """A recipe's runs under one folder: toolkit commands run in this process, each printed first and timed, and
+    the report over their evaluations at the end."""
+
+    def __init__(self, name: str, root: Path, problems: str, extra: list[str]):
+        self.name, self.root, self.problems, self.extra = name, root, problems, extra
+        self.started, self.walls = time.time(), {}
+        self.evals: list[dict[str, Any]] = []
+        self.trainings: list[Path] = []
+
+    def command(self, script: str, main, argv: list[str], label: str) -> None:
+        """One command; stops the recipe on its error (the command has said what it was)."""
+        print(f"\n$ python {script} " + shlex.join(argv), flush=True)
+        started = time.time()
+        if main(argv) != 0:
+            raise SystemExit(2)
+        self.walls[label] = time.time() - started
+
+    def run_rl(self, label: str, argv: list[str], model: str | None) -> Path:
+        """A run_rl.py run in the recipe's folder (the flags after the recipe's ``--`` last, so that they win)."""
+        import run_rl
+
+        self.command("run_rl.py", run_rl.main, [*argv, *self.extra, "--output_dir", str(self.root), "--experiment_name",
+                                                label, *(["--base_model", model] if model else [])], label)
+        return self.root / label
+
+    def evaluate(self, model: str | None, label: str, flags: tuple[str, ...] | list[str] = ()) -> None:
+        """The model on the held-out problems (the "eval" split of the recipe's problems)."""
+        argv = ["--eval_only", *EVAL_FLAGS, *flags, "--train_data", self.problems]
+        self.evals.append(load_eval(self.run_rl(label, argv, model), label))
+
+    def train(self, label: str, argv: list[str], model: str | None) -> str:
+        """A training run; returns its final model."""
+        self.trainings.append(self.run_rl(label, argv, model))
+        return str(self.trainings[-1] / "checkpoints" / "final")
+
+    def finish(self, report_path: str, argv: list[str] | None, settings: dict[str, Any], **more: Any) -> None:
+        """The report, at report_path and beside the runs (results/<name>.json), with its plot."""
+        from sandbox import default_workers
+
+        report = compare(self.evals, self.trainings)
+        report.update({
+            "recipe": self.name,
+            "command": f"python recipes/{self.name}.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "settings": {"eval": EVAL_FLAGS, "extra": self.extra, "problems": self.problems, **settings},
+            "machine": f"{platform.machine()}, {default_workers()} cores, Python {platform.python_version()}",
+            "wall_s": {"total": round(time.time() - self.started, 1), **{k: round(v, 1) for k, v in self.walls.items()}},
+            **more,
+        })
+        png = plot(report, self.root / "results" / f"{self.name}.png")
+        write_report(report, [Path(report_path), self.root / "results" / f"{self.name}.json"], png)
 
 
 def load_eval(folder: Path, label: str) -> dict[str, Any]:
@@ -161,8 +252,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     left.legend()
     offset = 0
     for r, t in enumerate(report["training"], 1):
-        # DPO logs its implicit reward margin and pair accuracy; GRPO and PPO the mean test-case reward
-        for key, style in (("rewards/margins", "-"), ("rewards/accuracies", "--"), ("reward", "-")):
+        # DPO logs its implicit reward margin and pair accuracy; GRPO and PPO the mean test-case reward; fine-tuning
+        # through DPO at a tiny beta (expert_iteration.py) shows in its loss
+        for key, style in (("rewards/margins", "-"), ("rewards/accuracies", "--"), ("reward", "-"), ("loss", ":")):
             points = [(s["step"] + offset, s[key]) for s in t["steps"] if key in s]
             if points:
                 right.plot(*zip(*points), style, label=f"{key.split('/')[-1]} (round {r})")

@@ -127,6 +127,40 @@ def test_mined_dpo_refuses_zero_rounds_before_running_anything(tmp_path, capsys)
     assert not (tmp_path / "out").exists() and not report.exists()
 
 
+def test_expert_iteration_recipe_tiny(tiny_model, tmp_path):
+    """Two rounds on two problems (one trained on, one held out): each round mines the newest model's answers, pools
+    the passing ones of every round so far, and fine-tunes the starting model on them; the report says so."""
+    import expert_iteration
+
+    rows = problem_rows(2)
+    rows[1] = {**rows[1], "split": "eval"}
+    problems = write_jsonl(tmp_path / "problems.jsonl", rows)
+    report = tmp_path / "report" / "expert_iteration.json"
+    argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
+            "--report", str(report), "--rounds", "2", "--",
+            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--mine_with_reference",
+            "--eval_num_samples", "2", "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
+    assert expert_iteration.main(argv) == 0
+    data = json.loads(report.read_text())
+    root = tmp_path / "out" / "expert_iteration"
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
+    assert all(list(e["per_problem"]) == [rows[1]["task_id"]] for e in data["evaluations"])
+    assert [e["model"] for e in data["evaluations"][1:]] == [str(root / f"sft-{r}" / "checkpoints" / "final")
+                                                             for r in (1, 2)]
+    for r, pool in enumerate(data["pools"], 1):
+        assert pool["round"] == r and pool["mining"]["problems"] == 1  # held out: never mined
+        assert pool["pooled_problems"] == 1 and pool["pooled_answers"] >= 1  # the reference passes
+        assert not (root / f"mine-{r}" / "checkpoints" / "final").exists()  # mining trains nothing
+    # the second round mined the first round's model, and trained the starting model again
+    assert str(root / "sft-1" / "checkpoints" / "final") in (root / "mine-2" / "config.yaml").read_text()
+    assert str(tiny_model) in (root / "sft-2" / "config.yaml").read_text()
+    assert "passing-1.jsonl" in (root / "sft-1" / "config.yaml").read_text()
+    assert [len(t["steps"]) > 0 for t in data["training"]] == [True, True]
+    assert set(data["wall_s"]) >= {"total", "eval-0", "mine-1", "pool-1", "sft-1", "eval-1", "eval-2"}
+    assert report.with_suffix(".png").is_file() and (root / "results" / "expert_iteration.png").is_file()
+    assert expert_iteration.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
+
+
 def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
     """The GPU recipe's commands chain (evaluation, GRPO under accelerate launch, evaluation, report) on the CPU
     with the tiny model; its GPU settings (bf16, vLLM) are replaced, so this checks the script, not the GPU run."""

@@ -290,3 +290,34 @@ def test_mining_never_samples_held_out_problems(tiny_model, tmp_path):
     write_jsonl(path, [{**r, "split": "eval"} for r in rows])
     with pytest.raises(DataError, match="no problems to mine .*'eval' split"):
         mining.mine(cfg, scorer=scorer)
+
+
+def test_mine_only_writes_the_pairs_and_no_model(tiny_model, problems_file, tmp_path, rm_argv):
+    """--mine_only (both scripts): the run folder holds the config and the mined pairs; nothing is trained."""
+    from run_config import RL_SECTIONS
+    from train_rl import train
+
+    mine = ["--mine_pairs_from", str(problems_file), "--mine_samples", "2", "--mine_with_reference",
+            "--max_completion_length", "8", "--mine_only"]
+    folder = train(parse_config(RL_SECTIONS, ["--use_dpo", "--workers", "1", "--base_model", str(tiny_model), "--output_dir",
+                                              str(tmp_path / "out"), "--experiment_name", "mine", *mine]))
+    pairs = [json.loads(line) for line in folder.mined_pairs.read_text().splitlines()]
+    assert pairs and {p["task_id"] for p in pairs} == {r["task_id"] for r in map(json.loads, problems_file.open())}
+    assert json.loads(folder.mining_json.read_text())["pairs"] == len(pairs)
+    assert "mine_only: true" in folder.config_yaml.read_text()
+    assert folder.latest_checkpoint() is None and not folder.final_model.exists()
+
+    rm = train_reward_model(parse_options(rm_argv + mine))
+    assert rm.mined_pairs.is_file() and not rm.final_model.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--mine_only writes mined pairs: give --mine_pairs_from"),
+    (["--mine_pairs_from", "p.jsonl", "--resume_from_checkpoint", "latest"], "--mine_only trains nothing"),
+])
+def test_mine_only_refuses_what_it_cannot_do(extra, message, capsys):
+    import run_rl
+
+    assert run_rl.main(["--use_dpo", "--mine_only", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
