@@ -8,8 +8,8 @@ Each step is a toolkit command, printed before it runs: an evaluation of the sta
 (the "eval" split of --problems), then per round: the newest model answers the training problems and the sandbox
 judges them (`run_rl.py --use_dpo --mine_pairs_from ... --mine_only`), the passing answers of every round so far are
 pooled, distinct and capped per problem (`recipes/pool_passing.py`), the starting model is fine-tuned on them, and the
-new model is evaluated. Training starts from the starting model each round, on the growing pool, so that a round's
-mistakes are not trained on twice. The report (pass@1 before and after, how many problems changed, the sign test and
+new model is evaluated. Each round trains the starting model afresh on the grown pool, as STaR does (Zelikman et
+al. 2022), rather than the last model again on answers it wrote itself. The report (pass@1 before and after, how many problems changed, the sign test and
 a bootstrap interval over problems, what each round's mining found, the training curves, wall time) goes to --report
 and beside the runs under --output_dir.
 """

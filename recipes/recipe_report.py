@@ -16,6 +16,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -71,7 +72,7 @@ class RecipeRun:
         self.evals: list[dict[str, Any]] = []
         self.trainings: list[Path] = []
 
-    def command(self, script: str, main, argv: list[str], label: str) -> None:
+    def command(self, script: str, main: Callable[[list[str]], int], argv: list[str], label: str) -> None:
         """One command; stops the recipe on its error (the command has said what it was)."""
         print(f"\n$ python {script} " + shlex.join(argv), flush=True)
         started = time.time()
