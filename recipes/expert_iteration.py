@@ -53,6 +53,9 @@ class ExpertIterationArguments(RecipeArguments):
 
 def main(argv: list[str] | None = None) -> int:
     args, recipe = parse_recipe(ExpertIterationArguments, "expert_iteration", __doc__, argv)
+    if recipe is not None and args.per_problem < 1:  # before an hour of runs, not after
+        print(f"expert_iteration.py: error: --per_problem must be at least 1, got {args.per_problem}", file=sys.stderr)
+        recipe = None
     if recipe is None:
         return 2
     seed = ["--seed", str(args.seed)]

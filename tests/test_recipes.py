@@ -117,13 +117,15 @@ def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     assert mined_dpo.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
 
 
-def test_mined_dpo_refuses_zero_rounds_before_running_anything(tmp_path, capsys):
-    import mined_dpo
+@pytest.mark.parametrize("recipe, flag", [("mined_dpo", "--rounds"), ("expert_iteration", "--rounds"),
+                                          ("expert_iteration", "--per_problem")])
+def test_recipes_refuse_bad_counts_before_running_anything(recipe, flag, tmp_path, capsys):
+    import importlib
 
     report = tmp_path / "report.json"
-    argv = ["--rounds", "0", "--output_dir", str(tmp_path / "out"), "--report", str(report)]
-    assert mined_dpo.main(argv) == 2
-    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+    argv = [flag, "0", "--output_dir", str(tmp_path / "out"), "--report", str(report)]
+    assert importlib.import_module(recipe).main(argv) == 2
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not report.exists()
 
 
