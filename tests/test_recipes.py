@@ -87,19 +87,26 @@ def test_report_command_names_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert not report.exists()
 
 
+def tiny_recipe(tiny_model, tmp_path, name: str) -> tuple[list[dict], Path, list[str]]:
+    """Two problems (one to train on, one held out), two rounds of one step each, with the tiny model: the problems,
+    the report's path and the recipe's arguments."""
+    rows = problem_rows(2)
+    rows[1] = {**rows[1], "split": "eval"}
+    problems = write_jsonl(tmp_path / "problems.jsonl", rows)
+    report = tmp_path / "report" / f"{name}.json"
+    argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
+            "--report", str(report), "--rounds", "2", "--",
+            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--mine_with_reference",
+            "--eval_num_samples", "2", "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
+    return rows, report, argv
+
+
 def test_mined_dpo_recipe_tiny(tiny_model, tmp_path):
     """Two problems (one to mine, one held out), two rounds of one DPO step each (the second mined from the first's
     model), evaluations before and after each, the report."""
     import mined_dpo
 
-    rows = problem_rows(2)
-    rows[1] = {**rows[1], "split": "eval"}
-    problems = write_jsonl(tmp_path / "problems.jsonl", rows)
-    report = tmp_path / "report" / "mined_dpo.json"
-    argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
-            "--report", str(report), "--rounds", "2", "--",
-            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--mine_with_reference",
-            "--eval_num_samples", "2", "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
+    rows, report, argv = tiny_recipe(tiny_model, tmp_path, "mined_dpo")
     assert mined_dpo.main(argv) == 0
     data = json.loads(report.read_text())
     assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
@@ -134,14 +141,7 @@ def test_expert_iteration_recipe_tiny(tiny_model, tmp_path):
     the passing ones of every round so far, and fine-tunes the starting model on them; the report says so."""
     import expert_iteration
 
-    rows = problem_rows(2)
-    rows[1] = {**rows[1], "split": "eval"}
-    problems = write_jsonl(tmp_path / "problems.jsonl", rows)
-    report = tmp_path / "report" / "expert_iteration.json"
-    argv = ["--base_model", str(tiny_model), "--problems", str(problems), "--output_dir", str(tmp_path / "out"),
-            "--report", str(report), "--rounds", "2", "--",
-            "--max_steps", "1", "--batch_size", "2", "--mine_samples", "2", "--mine_with_reference",
-            "--eval_num_samples", "2", "--max_completion_length", "8", "--max_seq_length", "512", "--workers", "1"]
+    rows, report, argv = tiny_recipe(tiny_model, tmp_path, "expert_iteration")
     assert expert_iteration.main(argv) == 0
     data = json.loads(report.read_text())
     root = tmp_path / "out" / "expert_iteration"
