@@ -3,11 +3,13 @@
     python recipes/pool_passing.py --inputs output/a/dpo-1 output/b/mine --output passing.jsonl --per_problem 8
     python run_rl.py --use_dpo --preference_data passing.jsonl --dpo_sft_weight 1.0 --kl_coef 0.001 ...
 
-Each input is a run folder of `run_rl.py --use_dpo --mine_pairs_from` (its data/mined_pairs.jsonl) or such a file.
+Each input is a run folder of `run_rl.py --use_dpo --mine_pairs_from` (with --mine_only, or a DPO run: its
+data/mined_pairs.jsonl) or such a file; mine with --mine_max_pairs 0 to see every pair.
 The pairs whose chosen answer passes every test (reason "pass_over_fail") give their chosen answers, distinct per
 problem, at most --per_problem of them (drawn with --seed), each kept with one failing answer because the DPO path
-takes pairs; at DPO's beta of 0.001 only the likelihood term (--dpo_sft_weight) moves the model. Capping the
-answers per problem keeps the easy problems, with many passing answers, from filling the set.
+takes pairs; at DPO's beta of 0.001 only the likelihood term (--dpo_sft_weight) moves the model. A problem whose
+answers all pass gives no such pair, so nothing to the pool: the model solves it already. Capping the answers per
+problem keeps the easy problems, with many passing answers, from filling the set.
 """
 
 from __future__ import annotations
