@@ -9,9 +9,9 @@ Each step is a toolkit command, printed before it runs: an evaluation of the sta
 judges them (`run_rl.py --use_dpo --mine_pairs_from ... --mine_only`), the passing answers of every round so far are
 pooled, distinct and capped per problem (`recipes/pool_passing.py`), the starting model is fine-tuned on them, and the
 new model is evaluated. Each round trains the starting model afresh on the grown pool, as STaR does (Zelikman et
-al. 2022), rather than the last model again on answers it wrote itself. The report (pass@1 before and after, how many problems changed, the sign test and
-a bootstrap interval over problems, what each round's mining found, the training curves, wall time) goes to --report
-and beside the runs under --output_dir.
+al. 2022), rather than the last model again on answers it wrote itself. The report (pass@1 before and after, how
+many problems changed, the sign test and a bootstrap interval over problems, what each round's mining found, the
+training curves, wall time) goes to --report and beside the runs under --output_dir.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # recipe_report also puts the toolkit's modules on the path
 import pool_passing
 from recipe_report import RecipeArguments, parse_recipe
+
+from run_files import RunFolder
 
 # Mining: every pair kept (--mine_max_pairs 0), so that every passing answer with a failing one beside it is found.
 MINE_FLAGS = ["--mine_only", "--mine_samples", "6", "--mine_max_pairs", "0", "--temperature", "0.8",
@@ -44,18 +47,18 @@ TRAIN_FLAGS = [
 @dataclass
 class ExpertIterationArguments(RecipeArguments):
     name: str = field(default="expert_iteration", metadata={"help": "The recipe's folder under --output_dir."})
-    rounds: int = field(default=2, metadata={"help": "Rounds of mining, pooling and fine-tuning."})
-    per_problem: int = field(default=8, metadata={"help": "Most passing answers a problem gives the pool."})
+    rounds: int = field(default=2, metadata={
+        "help": "Rounds of mining, pooling and fine-tuning."})
+    per_problem: int = field(default=8, metadata={
+        "help": "Most passing answers a problem gives the pool."})
     seed: int = field(default=42, metadata={
         "help": "Seed of training and evaluation; round r mines with seed + r, so that rounds draw other answers."})
     report: str = field(default="recipes/results/expert_iteration.json", metadata={"help": "The report's JSON file."})
+    counts: ClassVar[tuple[str, ...]] = ("rounds", "per_problem")
 
 
 def main(argv: list[str] | None = None) -> int:
     args, recipe = parse_recipe(ExpertIterationArguments, "expert_iteration", __doc__, argv)
-    if recipe is not None and args.per_problem < 1:  # before an hour of runs, not after
-        print(f"expert_iteration.py: error: --per_problem must be at least 1, got {args.per_problem}", file=sys.stderr)
-        recipe = None
     if recipe is None:
         return 2
     seed = ["--seed", str(args.seed)]
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             "--inputs", *minings, "--output", str(pool), "--per_problem", str(args.per_problem), "--seed", str(r)],
             f"pool-{r}")
         rows = [json.loads(line) for line in pool.read_text().splitlines()]
-        pools.append({"round": r, "mining": json.loads((Path(minings[-1]) / "logs" / "mining.json").read_text()),
+        pools.append({"round": r, "mining": json.loads(RunFolder(Path(minings[-1])).mining_json.read_text()),
                       "pooled_answers": len(rows), "pooled_problems": len({row["task_id"] for row in rows})})
         model = recipe.train(f"sft-{r}", [*TRAIN_FLAGS, *seed, "--preference_data", str(pool)], args.base_model)
         recipe.evaluate(model, f"eval-{r}", seed)

@@ -40,7 +40,8 @@ DPO_FLAGS = [
 @dataclass
 class MinedDPOArguments(RecipeArguments):
     name: str = field(default="mined_dpo", metadata={"help": "The recipe's folder under --output_dir."})
-    rounds: int = field(default=1, metadata={"help": "Rounds of mining then DPO, each from the previous model."})
+    rounds: int = field(default=1, metadata={
+        "help": "Rounds of mining then DPO, each from the previous model."})
     report: str = field(default="recipes/results/mined_dpo.json", metadata={"help": "The report's JSON file."})
 
 

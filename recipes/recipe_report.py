@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
@@ -43,6 +43,7 @@ class RecipeArguments:
         "help": "Problems with tests: the 'train' split is trained on, the 'eval' split is held out for evaluation."})
     rounds: int = field(default=1, metadata={"help": "Rounds of training."})
     report: str = field(default="recipes/results/recipe.json", metadata={"help": "The report's JSON file."})
+    counts: ClassVar[tuple[str, ...]] = ("rounds",)  # options that must be at least 1
 
 
 def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None) -> tuple[Any, RecipeRun | None]:
@@ -53,9 +54,10 @@ def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None)
     parser = HfArgumentParser(arguments, description=doc.split("\n\n")[0])
     args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     root = Path(args.output_dir) / args.name
-    if args.rounds < 1:
-        print(f"{script}.py: error: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
-        return args, None
+    for name in args.counts:  # checked before an hour of runs, not when a step fails
+        if getattr(args, name) < 1:
+            print(f"{script}.py: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            return args, None
     if root.exists():
         print(f"{script}.py: error: {root} exists: choose another --name or remove it", file=sys.stderr)
         return args, None

@@ -299,8 +299,8 @@ def test_mine_only_writes_the_pairs_and_no_model(tiny_model, problems_file, tmp_
 
     mine = ["--mine_pairs_from", str(problems_file), "--mine_samples", "2", "--mine_with_reference",
             "--max_completion_length", "8", "--mine_only"]
-    folder = train(parse_config(RL_SECTIONS, ["--use_dpo", "--workers", "1", "--base_model", str(tiny_model), "--output_dir",
-                                              str(tmp_path / "out"), "--experiment_name", "mine", *mine]))
+    folder = train(parse_config(RL_SECTIONS, ["--use_dpo", "--workers", "1", "--base_model", str(tiny_model),
+                                              "--output_dir", str(tmp_path / "out"), "--experiment_name", "mine", *mine]))
     pairs = [json.loads(line) for line in folder.mined_pairs.read_text().splitlines()]
     assert pairs and {p["task_id"] for p in pairs} == {r["task_id"] for r in map(json.loads, problems_file.open())}
     assert json.loads(folder.mining_json.read_text())["pairs"] == len(pairs)
