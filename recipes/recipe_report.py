@@ -22,7 +22,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
+TOOLKIT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TOOLKIT))  # the toolkit's modules, from a checkout
 
 from data_loading import atomic_write
 from reward_model import summarize_samples
@@ -40,7 +41,8 @@ class RecipeArguments:
     name: str = field(default="recipe", metadata={"help": "The recipe's folder under --output_dir."})
     base_model: str | None = field(default=None, metadata={"help": "Starting model (default: the embedded one)."})
     problems: str = field(default="data/problems", metadata={
-        "help": "Problems with tests: the 'train' split is trained on, the 'eval' split is held out for evaluation."})
+        "help": "Problems with tests: the 'train' split is trained on, the 'eval' split is held out for evaluation "
+                "(a relative path not found here is read from the toolkit's folder: the shipped problems)."})
     rounds: int = field(default=1, metadata={"help": "Rounds of training."})
     report: str = field(default="recipes/results/recipe.json", metadata={"help": "The report's JSON file."})
     counts: ClassVar[tuple[str, ...]] = ("rounds",)  # options that must be at least 1
@@ -54,6 +56,8 @@ def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None)
     parser = HfArgumentParser(arguments, description=doc.split("\n\n")[0])
     args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     root = Path(args.output_dir) / args.name
+    if not Path(args.problems).exists() and (TOOLKIT / args.problems).exists():
+        args.problems = str(TOOLKIT / args.problems)  # the shipped problems, from any folder
     for name in args.counts:  # checked before an hour of runs, not when a step fails
         if getattr(args, name) < 1:
             print(f"{script}.py: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)

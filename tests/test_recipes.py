@@ -9,7 +9,7 @@ from conftest import problem_rows, write_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from recipe_report import bootstrap_interval, change, load_eval, sign_test
+from recipe_report import RecipeArguments, bootstrap_interval, change, load_eval, parse_recipe, sign_test
 
 
 def test_sign_test():
@@ -134,6 +134,14 @@ def test_recipes_refuse_bad_counts_before_running_anything(recipe, flag, tmp_pat
     assert importlib.import_module(recipe).main(argv) == 2
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not report.exists()
+
+
+def test_recipes_find_the_shipped_problems_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, run = parse_recipe(RecipeArguments, "recipe", "Doc.", [])
+    assert Path(run.problems).is_dir() and Path(run.problems) == Path(__file__).resolve().parent.parent / "data/problems"
+    (tmp_path / "data" / "problems").mkdir(parents=True)  # a folder of the user's own, of the same name, wins
+    assert parse_recipe(RecipeArguments, "recipe", "Doc.", [])[1].problems == "data/problems"
 
 
 def test_expert_iteration_recipe_tiny(tiny_model, tmp_path):
