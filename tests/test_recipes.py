@@ -138,8 +138,8 @@ def test_recipes_refuse_bad_counts_before_running_anything(recipe, flag, tmp_pat
 
 def test_recipes_find_the_shipped_problems_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args, run = parse_recipe(RecipeArguments, "recipe", "Doc.", [])
-    assert Path(run.problems).is_dir() and Path(run.problems) == Path(__file__).resolve().parent.parent / "data/problems"
+    run = parse_recipe(RecipeArguments, "recipe", "Doc.", [])[1]
+    assert Path(run.problems) == Path(__file__).resolve().parent.parent / "data" / "problems"
     (tmp_path / "data" / "problems").mkdir(parents=True)  # a folder of the user's own, of the same name, wins
     assert parse_recipe(RecipeArguments, "recipe", "Doc.", [])[1].problems == "data/problems"
 
