@@ -3,6 +3,7 @@
     python recipes/expert_iteration.py               # CPU: the embedded model, 2 rounds, about 75 minutes on 2 cores
     python recipes/expert_iteration.py --rounds 3    # a third round
     python recipes/expert_iteration.py -- --bf16     # flags after -- go to every run_rl.py step
+    python recipes/expert_iteration.py --no_eval_each_round -- --eval_num_samples 16   # finer pass@1, before and after
 
 Each step is a toolkit command, printed before it runs: an evaluation of the starting model on the held-out problems
 (the "eval" split of --problems), then per round: the newest model answers the training problems and the sandbox
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         pools.append({"round": r, "mining": json.loads(RunFolder(Path(minings[-1])).mining_json.read_text()),
                       "pooled_answers": len(rows), "pooled_problems": len({row["task_id"] for row in rows})})
         model = recipe.train(f"sft-{r}", [*TRAIN_FLAGS, *seed, "--preference_data", str(pool)], args.base_model)
-        recipe.evaluate(model, f"eval-{r}", seed)
+        if args.eval_each_round or r == args.rounds:
+            recipe.evaluate(model, f"eval-{r}", seed)
     recipe.finish(args.report, argv, {"mine": MINE_FLAGS, "train": TRAIN_FLAGS, "rounds": args.rounds,
                                       "per_problem": args.per_problem, "seed": args.seed,
                                       "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"},

@@ -44,6 +44,9 @@ class RecipeArguments:
         "help": "Problems with tests: the 'train' split is trained on, the 'eval' split is held out for evaluation "
                 "(a relative path not found here is read from the toolkit's folder: the shipped problems)."})
     rounds: int = field(default=1, metadata={"help": "Rounds of training."})
+    eval_each_round: bool = field(default=True, metadata={
+        "help": "Evaluate after every round; --no_eval_each_round evaluates the starting and the last model only, which "
+                "saves an evaluation a round (the longest step at a high --eval_num_samples)."})
     report: str = field(default="recipes/results/recipe.json", metadata={"help": "The report's JSON file."})
     counts: ClassVar[tuple[str, ...]] = ("rounds",)  # options that must be at least 1
 
