@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         pools.append({"round": r, "mining": json.loads(RunFolder(Path(minings[-1])).mining_json.read_text()),
                       "pooled_answers": len(rows), "pooled_problems": len({row["task_id"] for row in rows})})
         model = recipe.train(f"sft-{r}", [*TRAIN_FLAGS, *seed, "--preference_data", str(pool)], args.base_model)
-        if args.eval_each_round or r == args.rounds:
-            recipe.evaluate(model, f"eval-{r}", seed)
+        recipe.evaluate_round(model, r, seed)
     recipe.finish(args.report, argv, {"mine": MINE_FLAGS, "train": TRAIN_FLAGS, "rounds": args.rounds,
                                       "per_problem": args.per_problem, "seed": args.seed,
                                       "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"},

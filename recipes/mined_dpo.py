@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe.evaluate(model, "eval-0")
     for r in range(1, args.rounds + 1):
         model = recipe.train(f"dpo-{r}", ["--use_dpo", *DPO_FLAGS, "--mine_pairs_from", args.problems], model)
-        if args.eval_each_round or r == args.rounds:
-            recipe.evaluate(model, f"eval-{r}")
+        recipe.evaluate_round(model, r)
     recipe.finish(args.report, argv, {"dpo": DPO_FLAGS, "rounds": args.rounds,
                                       "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"})
     return 0

@@ -22,8 +22,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
-TOOLKIT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(TOOLKIT))  # the toolkit's modules, from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
 from data_loading import atomic_write
 from reward_model import summarize_samples
@@ -56,11 +55,13 @@ def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None)
     ``--`` (or not the recipe's) go to every run_rl.py step."""
     from transformers import HfArgumentParser
 
+    from run_config import PROJECT_DIR
+
     parser = HfArgumentParser(arguments, description=doc.split("\n\n")[0])
     args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     root = Path(args.output_dir) / args.name
-    if not Path(args.problems).exists() and (TOOLKIT / args.problems).exists():
-        args.problems = str(TOOLKIT / args.problems)  # the shipped problems, from any folder
+    if not Path(args.problems).exists() and (PROJECT_DIR / args.problems).exists():
+        args.problems = str(PROJECT_DIR / args.problems)  # the shipped problems, from any folder
     for name in args.counts:  # checked before an hour of runs, not when a step fails
         if getattr(args, name) < 1:
             print(f"{script}.py: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
@@ -68,15 +69,17 @@ def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None)
     if root.exists():
         print(f"{script}.py: error: {root} exists: choose another --name or remove it", file=sys.stderr)
         return args, None
-    return args, RecipeRun(script, root, args.problems, [a for a in extra if a != "--"])
+    last = None if args.eval_each_round else args.rounds
+    return args, RecipeRun(script, root, args.problems, [a for a in extra if a != "--"], last)
 
 
 class RecipeRun:
     """A recipe's runs under one folder: toolkit commands run in this process, each printed first and timed, and
     the report over their evaluations at the end."""
 
-    def __init__(self, name: str, root: Path, problems: str, extra: list[str]):
+    def __init__(self, name: str, root: Path, problems: str, extra: list[str], only_round: int | None = None):
         self.name, self.root, self.problems, self.extra = name, root, problems, extra
+        self.only_round = only_round  # --no_eval_each_round: the last round's number
         self.started, self.walls = time.time(), {}
         self.evals: list[dict[str, Any]] = []
         self.trainings: list[Path] = []
@@ -101,6 +104,11 @@ class RecipeRun:
         """The model on the held-out problems (the "eval" split of the recipe's problems)."""
         argv = ["--eval_only", *EVAL_FLAGS, *flags, "--train_data", self.problems]
         self.evals.append(load_eval(self.run_rl(label, argv, model), label))
+
+    def evaluate_round(self, model: str | None, r: int, flags: tuple[str, ...] | list[str] = ()) -> None:
+        """The model after round r, unless --no_eval_each_round and r is not the last."""
+        if self.only_round in (None, r):
+            self.evaluate(model, f"eval-{r}", flags)
 
     def train(self, label: str, argv: list[str], model: str | None) -> str:
         """A training run; returns its final model."""
