@@ -75,6 +75,13 @@ class RunFolder:
                 found.append((int(m.group(1)), path))
         return max(found)[1] if found else None
 
+    def finished(self, kind: str) -> bool:
+        """Whether a run got to its end, told by the file it writes last: a training's final model (the tokenizer
+        is saved after the weights), a --mine_only run's counts, an --eval_only run's samples."""
+        if kind == "eval":
+            return self.results.is_dir() and any(self.results.glob("samples_*.jsonl"))
+        return (self.mining_json if kind == "mine" else self.final_model / "tokenizer_config.json").is_file()
+
     def resolve_resume(self, resume: str | None) -> Path | None:
         """Turn --resume_from_checkpoint (a path or 'latest') into a checkpoint folder, or fail clearly."""
         if not resume:

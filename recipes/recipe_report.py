@@ -8,6 +8,7 @@ on the problems that moved and a bootstrap interval of the mean per-problem chan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -47,7 +48,15 @@ class RecipeArguments:
         "help": "Evaluate after every round; --no_eval_each_round evaluates the starting and the last model only, which "
                 "saves an evaluation a round (the longest step at a high --eval_num_samples)."})
     report: str = field(default="recipes/results/recipe.json", metadata={"help": "The report's JSON file."})
+    resume: bool = field(default=False, metadata={
+        "help": "Go on with the recipe in its existing folder, after an interruption or with more --rounds: finished "
+                "steps are reused, an unfinished training goes on from its last checkpoint, other unfinished steps "
+                "run again. The other options and the flags after -- must be those it was started with."})
     counts: ClassVar[tuple[str, ...]] = ("rounds",)  # options that must be at least 1
+
+
+# What --resume may change: how far the recipe goes, what it evaluates and where the report goes, not what a step does.
+RESUMABLE = ("rounds", "eval_each_round", "report", "resume", "output_dir", "name")
 
 
 def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None) -> tuple[Any, RecipeRun | None]:
@@ -66,20 +75,47 @@ def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None)
         if getattr(args, name) < 1:
             print(f"{script}.py: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
             return args, None
-    if root.exists():
-        print(f"{script}.py: error: {root} exists: choose another --name or remove it", file=sys.stderr)
+    extra = [a for a in extra if a != "--"]
+    settings = {"recipe": script, **{k: v for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE},
+                "extra": extra}
+    problem = _resume_problem(root, settings) if args.resume else None
+    if root.exists() and not args.resume:
+        problem = f"{root} exists: go on with it with --resume, or choose another --name or remove it"
+    if not problem and not args.resume:  # what --resume checks against
+        try:
+            root.mkdir(parents=True)
+            atomic_write(root / "recipe.json", json.dumps({"settings": settings}, indent=2) + "\n")
+        except OSError as e:
+            problem = f"cannot write {root}: {e.strerror}"
+    if problem:
+        print(f"{script}.py: error: {problem}", file=sys.stderr)
         return args, None
     last = None if args.eval_each_round else args.rounds
-    return args, RecipeRun(script, root, args.problems, [a for a in extra if a != "--"], last)
+    return args, RecipeRun(script, root, args.problems, extra, last, args.resume)
+
+
+def _resume_problem(root: Path, settings: dict[str, Any]) -> str | None:
+    """Why the recipe's folder cannot be resumed with these settings, or None."""
+    saved = root / "recipe.json"
+    if not saved.is_file():
+        return f"--resume: {saved} not found: no recipe was started there (or one from before --resume)"
+    before = json.loads(saved.read_text())["settings"]
+    for key in [*settings, *(k for k in before if k not in settings)]:
+        if before.get(key) != settings.get(key):
+            return (f"--resume: {root} was started with {key} {before.get(key)!r}, not {settings.get(key)!r}: "
+                    "resume it with the settings it was started with")
+    return None
 
 
 class RecipeRun:
     """A recipe's runs under one folder: toolkit commands run in this process, each printed first and timed, and
     the report over their evaluations at the end."""
 
-    def __init__(self, name: str, root: Path, problems: str, extra: list[str], only_round: int | None = None):
+    def __init__(self, name: str, root: Path, problems: str, extra: list[str], only_round: int | None = None,
+                 resume: bool = False):
         self.name, self.root, self.problems, self.extra = name, root, problems, extra
         self.only_round = only_round  # --no_eval_each_round: the last round's number
+        self.resume, self.reused = resume, []  # --resume: the steps an earlier run finished
         self.started, self.walls = time.time(), {}
         self.evals: list[dict[str, Any]] = []
         self.trainings: list[Path] = []
@@ -89,13 +125,27 @@ class RecipeRun:
         print(f"\n$ python {script} " + shlex.join(argv), flush=True)
         started = time.time()
         if main(argv) != 0:
+            if [p.name for p in self.root.iterdir()] == ["recipe.json"]:
+                shutil.rmtree(self.root)  # the first step failed: no run to go on with, nothing left behind
             raise SystemExit(2)
         self.walls[label] = time.time() - started
 
     def run_rl(self, label: str, argv: list[str], model: str | None) -> Path:
-        """A run_rl.py run in the recipe's folder (the flags after the recipe's ``--`` last, so that they win)."""
+        """A run_rl.py run in the recipe's folder (the flags after the recipe's ``--`` last, so that they win).
+        Under --resume, a run an earlier invocation finished is reused."""
         import run_rl
+        from run_files import RunFolder
 
+        folder = RunFolder(self.root / label)
+        if self.resume and folder.root.exists():
+            kind = "eval" if "--eval_only" in argv else "mine" if "--mine_only" in argv else "train"
+            if folder.finished(kind):
+                print(f"\n= {label}: finished by an earlier run of the recipe, reused", flush=True)
+                self.reused.append(label)
+                return folder.root
+            if kind != "eval":  # an evaluation adds to its folder; a training goes on from its last checkpoint
+                latest = kind == "train" and folder.latest_checkpoint()
+                argv = [*argv, *(["--resume_from_checkpoint", "latest"] if latest else ["--overwrite_output_dir"])]
         self.command("run_rl.py", run_rl.main, [*argv, *self.extra, "--output_dir", str(self.root), "--experiment_name",
                                                 label, *(["--base_model", model] if model else [])], label)
         return self.root / label
@@ -126,6 +176,7 @@ class RecipeRun:
             "settings": {"eval": EVAL_FLAGS, "extra": self.extra, "problems": self.problems, **settings},
             "machine": f"{platform.machine()}, {default_workers()} cores, Python {platform.python_version()}",
             "wall_s": {"total": round(time.time() - self.started, 1), **{k: round(v, 1) for k, v in self.walls.items()}},
+            **({"reused_steps": self.reused} if self.resume else {}),  # run by an earlier invocation: not in wall_s
             **more,
         })
         png = plot(report, self.root / "results" / f"{self.name}.png")

@@ -141,7 +141,7 @@ def test_recipes_find_the_shipped_problems_from_any_folder(tmp_path, monkeypatch
     run = parse_recipe(RecipeArguments, "recipe", "Doc.", [])[1]
     assert Path(run.problems) == Path(__file__).resolve().parent.parent / "data" / "problems"
     (tmp_path / "data" / "problems").mkdir(parents=True)  # a folder of the user's own, of the same name, wins
-    assert parse_recipe(RecipeArguments, "recipe", "Doc.", [])[1].problems == "data/problems"
+    assert parse_recipe(RecipeArguments, "recipe", "Doc.", ["--name", "other"])[1].problems == "data/problems"
 
 
 def test_expert_iteration_recipe_tiny(tiny_model, tmp_path):
@@ -170,6 +170,54 @@ def test_expert_iteration_recipe_tiny(tiny_model, tmp_path):
     assert "eval-1" not in data["wall_s"]
     assert report.with_suffix(".png").is_file() and (root / "results" / "expert_iteration.png").is_file()
     assert expert_iteration.main(argv) == 2  # the recipe's folder exists: nothing is overwritten
+
+
+def test_recipe_resume_goes_on_where_it_stopped_and_checks_the_settings(tiny_model, tmp_path, capsys):
+    """A one-round run, stopped as if killed while round 1 saved its model: --resume with --rounds 2 reuses what was
+    finished, trains round 1 on from its checkpoint, and runs the rest; other settings than the start's are refused."""
+    import shutil
+
+    import expert_iteration
+
+    _, report, argv = tiny_recipe(tiny_model, tmp_path, "expert_iteration")
+    one_round = [*argv]
+    one_round[one_round.index("--rounds") + 1] = "1"
+    assert expert_iteration.main(one_round) == 0
+    root = tmp_path / "out" / "expert_iteration"
+    assert json.loads((root / "recipe.json").read_text())["settings"]["seed"] == 42
+    assert (root / "sft-1" / "checkpoints" / "checkpoint-1").is_dir()
+    shutil.rmtree(root / "sft-1" / "checkpoints" / "final")
+    shutil.rmtree(root / "eval-1")
+    mining = (root / "mine-1" / "logs" / "mining.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert expert_iteration.main(["--resume", "--seed", "7", *argv]) == 2
+    assert "was started with seed 42, not 7" in capsys.readouterr().err
+    assert expert_iteration.main(["--resume", "--name", "elsewhere", *argv]) == 2
+    assert "recipe.json not found" in capsys.readouterr().err and not (tmp_path / "out" / "elsewhere").exists()
+    assert expert_iteration.main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    assert expert_iteration.main(["--resume", *argv]) == 0
+    data = json.loads(report.read_text())
+    assert data["reused_steps"] == ["eval-0", "mine-1"]
+    assert (root / "mine-1" / "logs" / "mining.json").stat().st_mtime_ns == mining  # not mined again
+    assert "--resume_from_checkpoint latest" in capsys.readouterr().out
+    assert (root / "sft-1" / "checkpoints" / "final" / "tokenizer_config.json").is_file()
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1", "eval-2"]
+    assert set(data["wall_s"]) >= {"sft-1", "eval-1", "mine-2", "sft-2", "eval-2"} and "mine-1" not in data["wall_s"]
+
+
+def test_recipe_leaves_nothing_when_its_first_step_fails(tmp_path, capsys):
+    import expert_iteration
+
+    argv = ["--problems", str(tmp_path / "problems.jsonl"), "--output_dir", str(tmp_path / "out"),
+            "--report", str(tmp_path / "report.json")]
+    (tmp_path / "problems.jsonl").write_text("{not json\n")
+    with pytest.raises(SystemExit):
+        expert_iteration.main(argv)
+    assert "problems.jsonl:1" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "expert_iteration").exists()
 
 
 def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
