@@ -4,6 +4,7 @@
     python recipes/expert_iteration.py --rounds 3    # a third round
     python recipes/expert_iteration.py -- --bf16     # flags after -- go to every run_rl.py step
     python recipes/expert_iteration.py --no_eval_each_round -- --eval_num_samples 16   # finer pass@1, before and after
+    python recipes/expert_iteration.py --rounds 3 --resume   # go on where a run stopped, or add a round to it
 
 Each step is a toolkit command, printed before it runs: an evaluation of the starting model on the held-out problems
 (the "eval" split of --problems), then per round: the newest model answers the training problems and the sandbox

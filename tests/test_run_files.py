@@ -26,6 +26,22 @@ def test_latest_checkpoint_skips_incomplete_ones(tmp_path):
     assert folder.resolve_resume("latest") == ten
 
 
+def test_finished_is_told_by_the_file_a_run_writes_last(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    assert not any(folder.finished(kind) for kind in ("train", "mine", "eval"))
+    make_checkpoint(folder, 1)
+    (folder.final_model).mkdir()
+    (folder.final_model / "model.safetensors").write_text("")  # weights saved, the tokenizer not yet: cut off
+    folder.append_entry(folder.eval_json, {"step": 0})  # an evaluation's metrics, its samples not yet
+    folder.config_yaml.write_text("")  # a mining run's config, its counts not yet
+    assert not any(folder.finished(kind) for kind in ("train", "mine", "eval"))
+    (folder.final_model / "tokenizer_config.json").write_text("{}")
+    folder.write_json(folder.mining_json, {"pairs": 0})
+    (folder.results / "samples_m.jsonl").parent.mkdir()
+    (folder.results / "samples_m.jsonl").write_text("")
+    assert all(folder.finished(kind) for kind in ("train", "mine", "eval"))
+
+
 def test_resume_drops_entries_after_the_checkpoint(tmp_path):
     folder = RunFolder(tmp_path / "run")
     for step in (1, 2, 3, 4, 5):
