@@ -197,6 +197,14 @@ def test_recipe_resume_goes_on_where_it_stopped_and_checks_the_settings(tiny_mod
     assert "recipe.json not found" in capsys.readouterr().err and not (tmp_path / "out" / "elsewhere").exists()
     assert expert_iteration.main(argv) == 2
     assert "--resume" in capsys.readouterr().err
+    import mined_dpo
+
+    assert mined_dpo.main(["--resume", "--name", "expert_iteration", *argv]) == 2
+    assert "holds a run of recipes/expert_iteration.py, not of mined_dpo.py" in capsys.readouterr().err
+    (tmp_path / "out" / "broken").mkdir()
+    (tmp_path / "out" / "broken" / "recipe.json").write_text("{")
+    assert expert_iteration.main(["--resume", "--name", "broken", *argv]) == 2
+    assert "recipe.json is not a recipe's settings" in capsys.readouterr().err
 
     assert expert_iteration.main(["--resume", *argv]) == 0
     data = json.loads(report.read_text())
