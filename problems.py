@@ -981,7 +981,12 @@ def _json_equal(actual: Any, expected: Any) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A value for a verdict's detail. One that repr refuses (an integer of over 4300 digits, a list holding one)
+    is named, not printed: a program's answer must not stop the judging."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__} too large to print>"
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -352,6 +352,16 @@ def test_judge_compares_call_results_as_json(qrl: problems.Problem) -> None:
     assert "expected [], got [1]" in verdict.detail
 
 
+def test_judge_survives_an_answer_too_large_to_print(qrl: problems.Problem) -> None:
+    """An integer of over 4300 digits cannot be repr'd: the verdict names it instead (this stopped an evaluation)."""
+    sub = problems.prepare(qrl, "def run_length_encode(s): pass")
+    huge = [{"e": "loaded"}, {"e": "test", "i": 0, "v": harness.pack(10**5000)},
+            {"e": "test", "i": 1, "v": harness.pack([10**5000])}, {"e": "done"}]  # fmt: skip
+    verdict = problems.judge(sub, [outcome(huge)])
+    assert (verdict.status, verdict.tests_passed) == ("failed", 0)
+    assert "got <int too large to print>" in verdict.detail or "got <list too large to print>" in verdict.detail
+
+
 def test_judge_marks_answers_that_give_every_test_the_same_value(qrl: problems.Problem) -> None:
     sub = problems.prepare(qrl, "def run_length_encode(s): return []")
     same = [{"e": "loaded"}] + [{"e": "test", "i": i, "v": []} for i in range(2)] + [{"e": "done"}]

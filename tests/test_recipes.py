@@ -178,6 +178,7 @@ def test_recipe_resume_goes_on_where_it_stopped_and_checks_the_settings(tiny_mod
     import shutil
 
     import expert_iteration
+    import mined_dpo
 
     _, report, argv = tiny_recipe(tiny_model, tmp_path, "expert_iteration")
     one_round = [*argv]
@@ -197,8 +198,6 @@ def test_recipe_resume_goes_on_where_it_stopped_and_checks_the_settings(tiny_mod
     assert "recipe.json not found" in capsys.readouterr().err and not (tmp_path / "out" / "elsewhere").exists()
     assert expert_iteration.main(argv) == 2
     assert "--resume" in capsys.readouterr().err
-    import mined_dpo
-
     assert mined_dpo.main(["--resume", "--name", "expert_iteration", *argv]) == 2
     assert "holds a run of recipes/expert_iteration.py, not of mined_dpo.py" in capsys.readouterr().err
     (tmp_path / "out" / "broken").mkdir()

@@ -30,7 +30,7 @@ def test_finished_is_told_by_the_file_a_run_writes_last(tmp_path):
     folder = RunFolder(tmp_path / "run")
     assert not any(folder.finished(kind) for kind in ("train", "mine", "eval"))
     make_checkpoint(folder, 1)
-    (folder.final_model).mkdir()
+    folder.final_model.mkdir()
     (folder.final_model / "model.safetensors").write_text("")  # weights saved, the tokenizer not yet: cut off
     folder.append_entry(folder.eval_json, {"step": 0})  # an evaluation's metrics, its samples not yet
     folder.config_yaml.write_text("")  # a mining run's config, its counts not yet
