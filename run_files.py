@@ -10,6 +10,7 @@
 ├── logs/mining.json            (counts of mined preference pairs, when --mine_pairs_from)
 ├── data/mined_pairs.jsonl      (the mined pairs, in the preference format)
 ├── results/*.png               (training curves)
+├── results/samples_<model>.jsonl  (an --eval_only run's answers with their verdicts)
 └── config.yaml                 (the effective configuration, re-runnable with --config)
 ```
 Every JSON file is replaced atomically, so a run killed at any moment leaves readable files.
@@ -79,8 +80,14 @@ class RunFolder:
         """Whether a run got to its end, told by the file it writes last: a training's final model (the tokenizer
         is saved after the weights), a --mine_only run's counts, an --eval_only run's samples."""
         if kind == "eval":
-            return self.results.is_dir() and any(self.results.glob("samples_*.jsonl"))
+            return bool(self.eval_samples())
         return (self.mining_json if kind == "mine" else self.final_model / "tokenizer_config.json").is_file()
+
+    def eval_samples(self, model: str | None = None) -> list[Path]:
+        """An --eval_only run's samples with their verdicts: the file for ``model``, or every one the folder holds."""
+        if model is not None:
+            return [self.results / f"samples_{Path(model).name}.jsonl"]
+        return sorted(self.results.glob("samples_*.jsonl")) if self.results.is_dir() else []
 
     def resolve_resume(self, resume: str | None) -> Path | None:
         """Turn --resume_from_checkpoint (a path or 'latest') into a checkpoint folder, or fail clearly."""

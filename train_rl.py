@@ -386,7 +386,7 @@ def evaluate_only(cfg: Config) -> RunFolder:
         metrics, samples = PassAtKEvaluator(cfg, problems, tokenizer, scorer)(model)
     step = _checkpoint_step(Path(model_path))
     folder.append_entry(folder.eval_json, {"step": step, "model": model_path, **metrics}, method="eval_only")
-    out = folder.results / f"samples_{Path(model_path).name}.jsonl"
+    (out,) = folder.eval_samples(model_path)
     atomic_write(out, "".join(json.dumps(s) + "\n" for s in samples))
     folder.log_line(f"eval_only {model_path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}

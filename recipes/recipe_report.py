@@ -141,7 +141,7 @@ class RecipeRun:
         """A run_rl.py run in the recipe's folder (the flags after the recipe's ``--`` last, so that they win).
         Under --resume, a run an earlier invocation finished is reused."""
         import run_rl
-        from run_files import RunFolder
+        from run_files import RunFolder  # transformers comes with it: not at import, for the report command
 
         folder = RunFolder(self.root / label)
         if self.resume and folder.root.exists():
@@ -197,7 +197,9 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
     (passed or failed, not a syntax error, crash or timeout). The model's name is the run's own."""
     model = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1].get("model")
     per_problem: dict[str, dict[str, float]] = {}
-    (samples,) = sorted((folder / "results").glob("samples_*.jsonl"))
+    from run_files import RunFolder
+
+    (samples,) = RunFolder(folder).eval_samples()
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     # answers judged before verdicts marked one-value answers: tests passed without them is unknown, not all
     marked = any("same_value" in s for s in rows)
@@ -375,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     """The report of a recipe run as separate commands (the GPU recipe): --eval_only folders and training runs."""
     import argparse
 
+    from run_files import RunFolder
+
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--evals", nargs="+", required=True, help="--eval_only run folders, the starting model first")
     parser.add_argument("--training", nargs="*", default=[], help="the training run folders, in order")
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for folder in args.evals:
         if not (Path(folder) / "logs" / "eval_results.json").is_file() or len(
-                list((Path(folder) / "results").glob("samples_*.jsonl"))) != 1:
+                RunFolder(Path(folder)).eval_samples()) != 1:
             parser.exit(2, f"recipe_report.py: error: {folder} is not an --eval_only run folder (logs/eval_results.json "
                            "and one results/samples_*.jsonl)\n")
     for folder in args.training:

@@ -37,7 +37,7 @@ def test_finished_is_told_by_the_file_a_run_writes_last(tmp_path):
     assert not any(folder.finished(kind) for kind in ("train", "mine", "eval"))
     (folder.final_model / "tokenizer_config.json").write_text("{}")
     folder.write_json(folder.mining_json, {"pairs": 0})
-    (folder.results / "samples_m.jsonl").parent.mkdir()
+    folder.results.mkdir()
     (folder.results / "samples_m.jsonl").write_text("")
     assert all(folder.finished(kind) for kind in ("train", "mine", "eval"))
 
