@@ -121,6 +121,7 @@ class Submission:
     key: str
     jobs: tuple[Job, ...]
     syntax_error: str | None = None  # found without running anything: no jobs
+    infra_error: str | None = None  # making it ready failed (a bug here, not the answer's fault): no jobs
 
 
 @dataclass(frozen=True)
@@ -768,6 +769,8 @@ def early_verdict(submission: Submission, outcomes: Sequence[RunOutcome]) -> Ver
     """The verdict every executor gives before reading test results: the answer did not parse, or the sandbox
     itself failed (infra_error, never scored as a failure)."""
     total = len(submission.problem.tests)
+    if submission.infra_error:
+        return Verdict("infra_error", 0, total, detail=submission.infra_error)
     if submission.syntax_error:
         return Verdict("syntax_error", 0, total, detail=submission.syntax_error)
     broken = next((o for o in outcomes if o.status == "infra_error"), None)
@@ -814,16 +817,40 @@ def executor_for(problem: Problem) -> Executor:
 
 def prepare(problem: Problem, completion: str, reply_limit: int = 4 << 20) -> Submission:
     """Make a model's completion ready to run (``reply_limit``: the most bytes a result may take)."""
-    return prepare_program(problem, program_code(problem, completion), reply_limit)
+    try:
+        code = program_code(problem, completion)
+    except Exception as e:  # noqa: BLE001 -- ours, not the answer's: see prepare_program
+        return _unprepared(problem, completion, "reading", e)
+    return prepare_program(problem, code, reply_limit)
 
 
 def prepare_program(problem: Problem, code: str, reply_limit: int = 4 << 20) -> Submission:
-    """Make a complete program (say, the reference solution) ready to run."""
-    return executor_for(problem).prepare(problem, code, reply_limit)
+    """Make a complete program (say, the reference solution) ready to run. An unexpected failure here is ours, not
+    the answer's: it becomes that answer's infra_error, so that one odd answer cannot stop a batch."""
+    executor = executor_for(problem)  # an unknown language is the user's to fix: it stays an error
+    try:
+        return executor.prepare(problem, code, reply_limit)
+    except Exception as e:  # noqa: BLE001
+        return _unprepared(problem, code, "preparing", e)
+
+
+def _unprepared(problem: Problem, code: str, step: str, error: Exception) -> Submission:
+    return Submission(problem, code, f"{problem.task_id}\0{code.strip()}", (), infra_error=_failure(step, error))
 
 
 def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
-    return executor_for(submission.problem).judge(submission, outcomes)
+    """The verdict on a submission's runs; a failure of the judge itself is that answer's infra_error (never a
+    zero, never the batch's end)."""
+    executor = executor_for(submission.problem)
+    try:
+        return executor.judge(submission, outcomes)
+    except Exception as e:  # noqa: BLE001
+        total = len(submission.problem.tests)
+        return Verdict("infra_error", 0, total, *outcome_times(outcomes), _failure("judging", e))
+
+
+def _failure(step: str, error: Exception) -> str:
+    return f"{step} the answer failed: {type(error).__name__}: {str(error)[:200]}"
 
 
 def _judge_stdio(problem: Problem, outcomes: Sequence[RunOutcome], cpu: float, wall: float) -> Verdict:

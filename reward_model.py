@@ -28,8 +28,8 @@ import code_quality
 import problems as problems_module
 from code_quality import QualityConfig, QualityScore
 from data_loading import DataError, UserError, atomic_write, check_writable
-from run_config import RL_SECTIONS, DataArguments, RewardArguments, parse_config, section
 from problems import Problem, Submission, Verdict
+from run_config import RL_SECTIONS, DataArguments, RewardArguments, parse_config, section
 from sandbox import Limits, Program, RunResult, Sandbox, SandboxError, default_workers
 
 STATUSES: tuple[str, ...] = get_args(problems_module.Status)
@@ -346,8 +346,16 @@ class TestCaseReward(Scorer):
         return out
 
     def _launch(self, sub: Submission, limits: Limits, verdict: Future) -> None:
+        def settle(results: list[RunResult]) -> None:
+            judged = problems_module.judge(sub, results)
+            if judged.status == "infra_error":  # says nothing about the program: the next call tries again
+                with self._lock:
+                    if self._cache.get(sub.key, (0, None))[1] is verdict:
+                        del self._cache[sub.key]
+            verdict.set_result(judged)
+
         if not sub.jobs:
-            verdict.set_result(problems_module.judge(sub, []))
+            settle([])
             return
         runs: list[Future] = [self.sandbox.submit(Program(job.source, job.stdin, limits)) for job in sub.jobs]
         with self._lock:
@@ -364,12 +372,7 @@ class TestCaseReward(Scorer):
                 results = [r.result() for r in runs]
             except Exception as e:  # noqa: BLE001 -- a sandbox bug: the sample is not judged, never zero
                 results = [RunResult("infra_error", detail=f"{type(e).__name__}: {e}")]
-            judged = problems_module.judge(sub, results)
-            if judged.status == "infra_error":  # says nothing about the program: the next call tries again
-                with self._lock:
-                    if self._cache.get(sub.key, (0, None))[1] is verdict:
-                        del self._cache[sub.key]
-            verdict.set_result(judged)
+            settle(results)
 
         for run in runs:
             run.add_done_callback(finished)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import shlex
 import math
+import shlex
 import subprocess
 import sys
 from concurrent.futures import Future
@@ -232,6 +232,41 @@ def test_infra_errors_are_not_scored_and_not_cached(problem_file: Path) -> None:
     assert reward._sandbox.calls == 2  # tried again: an infra error says nothing about the program
 
 
+def test_a_judging_bug_costs_one_answer_not_the_batch(
+    scorer: TestCaseReward, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of ours on one odd answer (reading it, preparing it, judging it) makes that answer infra_error:
+    the others get their verdicts and the scorer goes on."""
+    executor = problems.PythonExecutor
+    prepare, judge = executor.prepare, executor.judge
+
+    def bad_prepare(self, problem, code, reply_limit):
+        if "PREPARE_BUG" in code:
+            raise KeyError("prepare bug")
+        return prepare(self, problem, code, reply_limit)
+
+    def bad_judge(self, submission, outcomes):
+        if "JUDGE_BUG" in submission.code:
+            raise ValueError("judge bug")
+        return judge(self, submission, outcomes)
+
+    monkeypatch.setattr(executor, "prepare", bad_prepare)
+    monkeypatch.setattr(executor, "judge", bad_judge)
+    monkeypatch.setattr(problems, "program_code", lambda p, c: 1 / 0 if "READ_BUG" in c else c)
+    good = ("noref", "def one():\n    return 1\n")
+    batch = [good, ("noref", "def one():\n    'JUDGE_BUG'\n    return 1\n"), ("noref", "# PREPARE_BUG\n"),
+             ("noref", "READ_BUG"), ("noref", "def one():\n    return 2\n")]  # fmt: skip
+    results = score(scorer, batch)
+    assert [r.status for r in results] == ["passed", "infra_error", "infra_error", "infra_error", "failed"]
+    assert [r.reward for r in results[1:4]] == [None, None, None]
+    assert "judging the answer failed: ValueError: judge bug" in results[1].detail
+    assert "preparing the answer failed: KeyError" in results[2].detail
+    assert "reading the answer failed: ZeroDivisionError" in results[3].detail
+    monkeypatch.setattr(executor, "judge", judge)
+    again = score(scorer, batch[1:2])  # not cached: once the bug is gone, the answer is judged
+    assert (again[0].status, again[0].cached) == ("passed", False)
+
+
 # ------------------------------------------------------------------------------------------------ attacks
 
 ATTACKS = {
@@ -451,8 +486,8 @@ def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
 # --- the composite reward (test cases plus code quality) -------------------------------------------------------
 
 def composite_problem():
-    from problems import parse_problem
     from data_loading import Record
+    from problems import parse_problem
 
     row = {"task_id": "py/sq", "language": "python", "prompt": "Write `square(x)` returning x*x.",
            "entry_point": "square", "reference_solution": "def square(x):\n    return x * x\n",
