@@ -723,8 +723,7 @@ class PythonExecutor:
         try:
             normalised = ast.unparse(ast.parse(code))  # comments and layout do not change what a program does
         except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-            key = f"{problem.task_id}\0{code.strip()}"
-            return Submission(problem, code, key, (), syntax_error=harness.describe(e))
+            return Submission(problem, code, _text_key(problem, code), (), syntax_error=harness.describe(e))
         key = f"{problem.task_id}\0{normalised}"
         if isinstance(problem.tests[0], IOTest):
             jobs = tuple(Job(code, t.stdin.encode()) for t in problem.tests)
@@ -835,7 +834,12 @@ def prepare_program(problem: Problem, code: str, reply_limit: int = 4 << 20) -> 
 
 
 def _unprepared(problem: Problem, code: str, step: str, error: Exception) -> Submission:
-    return Submission(problem, code, f"{problem.task_id}\0{code.strip()}", (), infra_error=_failure(step, error))
+    return Submission(problem, code, _text_key(problem, code), (), infra_error=_failure(step, error))
+
+
+def _text_key(problem: Problem, code: str) -> str:
+    """The cache key of code that could not be normalised: its text."""
+    return f"{problem.task_id}\0{code.strip()}"
 
 
 def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:

@@ -105,9 +105,9 @@ def _resume_problem(root: Path, settings: dict[str, Any]) -> str | None:
         before = None
     if not isinstance(before, dict):
         return f"--resume: {saved} is not a recipe's settings (JSON with its 'settings'): remove the folder or fix it"
+    if before.get("recipe") != settings["recipe"]:
+        return f"--resume: {root} holds a run of recipes/{before.get('recipe')}.py, not of {settings['recipe']}.py"
     for key in [*settings, *(k for k in before if k not in settings)]:
-        if key == "recipe" and before.get(key) != settings[key]:
-            return f"--resume: {root} holds a run of recipes/{before.get(key)}.py, not of {settings[key]}.py"
         if before.get(key) != settings.get(key):
             return (f"--resume: {root} was started with {key} {before.get(key)!r}, not {settings.get(key)!r}: "
                     "resume it with the settings it was started with")
