@@ -11,6 +11,8 @@ later (code quality, composites, learned reward models) belong here too; import 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -20,7 +22,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -199,9 +201,12 @@ class TestCaseReward(Scorer):
         limits: Limits | None = None,
         namespaces: bool = True,
         sandbox: Sandbox | None = None,
+        calibration_cache: str | Path | CalibrationCache | None = None,
     ):
         """``sandbox``: one already started (it then belongs to this scorer, which closes it); by default one is
-        started on first use, with ``workers`` servers."""
+        started on first use, with ``workers`` servers. ``calibration_cache``: a folder (or ``CalibrationCache``)
+        that keeps reference runs between processes (``default_calibration_cache()`` is the score command's);
+        None: every scorer runs each reference once."""
         super().__init__()
         problems_module.check_executors(problems)  # say now, not mid-training, if some cannot run here (no q)
         self.problems = {p.task_id: p for p in problems}
@@ -219,6 +224,12 @@ class TestCaseReward(Scorer):
         self.reference_failures: dict[str, Verdict] = {}
         self.programs_run = 0
         self.cache_hits = 0
+        if calibration_cache is not None and not isinstance(calibration_cache, CalibrationCache):
+            calibration_cache = CalibrationCache(calibration_cache)
+        self.calibration_cache: CalibrationCache | None = calibration_cache
+        self.calibration_cache_refused = ""  # why the cache is not used with this sandbox, once that is known
+        self.calibrations_run = 0  # reference runs launched here
+        self.calibrations_loaded = 0  # reference verdicts read back from the calibration cache
 
     @property
     def sandbox(self) -> Sandbox:
@@ -288,6 +299,7 @@ class TestCaseReward(Scorer):
         return round(total, 6), components
 
     def limits_for(self, problem: Problem) -> Limits:
+        """An answer's limits: ``multiple`` x its reference's CPU time, at least ``floor``, at most ``timeout``."""
         reference = self._reference_cpu.get(problem.task_id)
         timing = self.timing
         cpu = (
@@ -295,6 +307,11 @@ class TestCaseReward(Scorer):
             if reference is None
             else min(timing.timeout, max(timing.floor, timing.multiple * reference))
         )
+        return self._limits_at(cpu)
+
+    def _limits_at(self, cpu: float) -> Limits:
+        """The limits at one CPU limit; the wall clock always follows it. References run at ``timeout``, the most
+        generous, under the same rule as answers: a verdict reached there may serve an identical answer."""
         return replace(self.limits, cpu_time=cpu, wall_time=None)
 
     def _problem(self, problem: Problem | str) -> Problem:
@@ -306,21 +323,67 @@ class TestCaseReward(Scorer):
             raise UserError(f"unknown task_id {problem!r}") from None
 
     def _calibrate(self, task_ids: set[str]) -> None:
-        """Run each new problem's reference once, with the most generous limits, and remember its CPU time."""
+        """Run each new problem's reference once, under the most generous limits, and remember its CPU time. Its
+        verdict stays in the verdict cache, so an answer that is the reference does not run again; with a
+        calibration cache, a reference judged before (same program, tests, limits, machine) is read back instead
+        of run, and one judged now is stored."""
         todo = [self.problems[t] for t in sorted(task_ids) if t not in self._reference_cpu]
-        with_reference = [p for p in todo if p.reference]
+        if not todo:
+            return
+        limits = self._limits_at(self.timing.timeout)
         submissions = [
-            problems_module.prepare_program(p, p.reference or "", self.limits.output) for p in with_reference
+            problems_module.prepare_program(p, p.reference or "", self.limits.output) for p in todo if p.reference
         ]
-        futures = self._verdicts(submissions, self.timing.timeout)
+        stored = self._stored_calibrations(submissions, limits)
+        fresh = [sub for sub, (_key, verdict) in zip(submissions, stored, strict=True) if verdict is None]
+        futures = iter(self._verdicts(fresh, limits.cpu_time))
+        with self._lock:
+            self.calibrations_run += len(fresh)
         for problem in todo:
             self._reference_cpu.setdefault(problem.task_id, None)
-        for problem, (future, _cached) in zip(with_reference, futures, strict=True):
-            verdict = future.result()
+        for sub, (key, verdict) in zip(submissions, stored, strict=True):
+            if verdict is None:
+                verdict = next(futures)[0].result()
+                if key is not None and self.calibration_cache is not None and verdict.status != "infra_error":
+                    self.calibration_cache.store(key, sub.problem.task_id, verdict)
             if verdict.passed:
-                self._reference_cpu[problem.task_id] = verdict.cpu_time
+                self._reference_cpu[sub.problem.task_id] = verdict.cpu_time
             else:
-                self.reference_failures[problem.task_id] = verdict
+                self.reference_failures[sub.problem.task_id] = verdict
+
+    def _stored_calibrations(
+        self, submissions: Sequence[Submission], limits: Limits
+    ) -> list[tuple[str | None, Verdict | None]]:
+        """(calibration cache key, stored verdict or None) per reference. A verdict read back also enters the
+        verdict cache under ``limits``, as a run here would have, so an identical answer reuses it."""
+        cache = self.calibration_cache
+        if cache is None or not submissions or not self._calibration_cache_safe():
+            return [(None, None)] * len(submissions)
+        out: list[tuple[str | None, Verdict | None]] = []
+        for sub in submissions:
+            key = cache.key(sub, limits)
+            verdict = cache.load(key)
+            out.append((key, verdict))
+            if verdict is None:
+                continue
+            with self._lock:
+                self.calibrations_loaded += 1
+                if sub.key not in self._cache:
+                    done: Future = Future()
+                    done.set_result(verdict)
+                    self._cache[sub.key] = (limits.cpu_time, done)
+        return out
+
+    def _calibration_cache_safe(self) -> bool:
+        """Whether this sandbox's programs cannot write the user's files: read-only mounts, or a uid of their own.
+        Without either (no namespaces, not root), a program could forge a calibration: the cache is not used."""
+        if self.calibration_cache_refused:
+            return False
+        isolation = self.sandbox.isolation
+        if isolation.mount_namespace or isolation.separate_uid:
+            return True
+        self.calibration_cache_refused = "programs could write it (no mount namespace, no uid of their own)"
+        return False
 
     def _verdicts(
         self, submissions: Sequence[Submission], cpu_limit: float | None = None
@@ -329,9 +392,7 @@ class TestCaseReward(Scorer):
         out, launch = [], []
         with self._lock:
             for sub in submissions:
-                limits = (
-                    replace(self.limits, cpu_time=cpu_limit) if cpu_limit else self.limits_for(sub.problem)
-                )
+                limits = self._limits_at(cpu_limit) if cpu_limit else self.limits_for(sub.problem)
                 entry = self._cache.get(sub.key)
                 if entry is not None and _reusable(*entry, limits.cpu_time):
                     self.cache_hits += 1
@@ -413,7 +474,128 @@ def _reusable(cpu_limit: float, verdict: Future, wanted: float) -> bool:
     result: Verdict = verdict.result()
     if result.status == "timeout":
         return cpu_limit >= wanted
-    return result.cpu_time <= wanted
+    # under a tighter limit, its wall-clock backstop (2 x CPU + 1 s, unloaded) must have held too
+    return result.cpu_time <= wanted and (wanted >= cpu_limit or result.wall_time <= 2 * wanted + 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Calibrations kept between runs.
+
+CALIBRATION_FORMAT = 1
+
+
+def default_calibration_cache() -> Path:
+    """The score command's calibration folder, in the user's cache: ``$QRL_CACHE/calibration``, else
+    ``$XDG_CACHE_HOME/q-rl/calibration``, else ``~/.cache/q-rl/calibration``. Never the project or /tmp."""
+    if os.environ.get("QRL_CACHE"):
+        base = Path(os.environ["QRL_CACHE"])
+    elif os.environ.get("XDG_CACHE_HOME"):
+        base = Path(os.environ["XDG_CACHE_HOME"]) / "q-rl"
+    else:
+        base = Path.home() / ".cache" / "q-rl"
+    return base / "calibration"
+
+
+@functools.cache
+def _environment_key() -> str:
+    """What decides a reference's verdict and CPU time besides the problem and the limits: the machine (host name and
+    CPU model: CPU seconds differ between machines), the Python, and the code that runs and judges programs."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    parts = [os.uname().nodename, cpu, sys.version, sys.executable]
+    for name in ("harness", "problems", "sandbox"):
+        parts.append(hashlib.sha256(Path(sys.modules[name].__file__ or "").read_bytes()).hexdigest())
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    """Test data as text that is the same in every process: no object addresses (a bare ``object()`` sentinel says
+    "no value"), sets in a sorted order whatever the hash seed."""
+    if type(value) is object:
+        return "<none>"
+    if is_dataclass(value) and not isinstance(value, type):
+        inner = ", ".join(f"{f.name}={_canonical(getattr(value, f.name))}" for f in fields(value))
+        return f"{type(value).__name__}({inner})"
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__}[{', '.join(map(_canonical, value))}]"
+    if isinstance(value, dict):
+        return "dict{" + ", ".join(f"{_canonical(k)}: {_canonical(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, set | frozenset):
+        return f"{type(value).__name__}{{{', '.join(sorted(map(_canonical, value)))}}}"
+    return f"{type(value).__name__}:{value!r}"
+
+
+def _checksum(key: str, verdict: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([key, verdict], sort_keys=True).encode()).hexdigest()
+
+
+def _stored_verdict(data: Any) -> Verdict | None:
+    """A verdict from its stored form, or None unless every field is there with its exact type."""
+    types = {"status": str, "tests_passed": int, "tests_total": int, "cpu_time": float, "wall_time": float,
+             "detail": str, "same_value": bool}  # fmt: skip
+    if not isinstance(data, dict) or set(data) != {f.name for f in fields(Verdict)} or set(data) != set(types):
+        return None
+    for name, kind in types.items():
+        value = data[name]
+        if kind is float and type(value) is int:  # JSON writes a whole float as one
+            data = {**data, name: float(value)}
+        elif type(value) is not kind:
+            return None
+    if data["status"] not in STATUSES or data["status"] == "infra_error":
+        return None
+    if not all(math.isfinite(data[t]) and data[t] >= 0 for t in ("cpu_time", "wall_time")):
+        return None
+    return Verdict(**data)
+
+
+class CalibrationCache:
+    """Reference verdicts kept between runs, so that a problem's reference runs once per machine, not once per
+    process. One file per calibration, named by a hash of everything that decides it; written atomically by the
+    scorer alone, in the user's cache (mode 700), which programs under test cannot write. A file that is damaged,
+    or whose content does not match its name, is ignored: the reference runs again and the file is rewritten."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def key(self, reference: Submission, limits: Limits) -> str:
+        """The normalised reference program, its tests (what the sandbox runs and the expected values the caller
+        keeps), the limits it runs under (the timeout among them), and the environment (machine, Python, toolkit)."""
+        problem = reference.problem
+        parts = [
+            CALIBRATION_FORMAT, reference.key, problem.language, problem.entry_point, _canonical(problem.setup),
+            _canonical(problem.tests), problem.test_script, [[j.source, j.stdin.hex()] for j in reference.jobs],
+            reference.syntax_error, asdict(limits), _environment_key(),
+        ]  # fmt: skip
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def load(self, key: str) -> Verdict | None:
+        """The stored verdict, or None: missing, unreadable, damaged or not this key's."""
+        try:
+            data = json.loads(self.path(key).read_text(encoding="utf-8"))
+            if data["format"] != CALIBRATION_FORMAT or data["key"] != key:
+                return None
+            if data["checksum"] != _checksum(key, data["verdict"]):
+                return None
+            return _stored_verdict(data["verdict"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def store(self, key: str, task_id: str, verdict: Verdict) -> None:
+        """Write one calibration; a folder that cannot be written costs only the next run's reference runs."""
+        stored = asdict(verdict)
+        record = {"format": CALIBRATION_FORMAT, "key": key, "task_id": task_id, "verdict": stored,
+                  "checksum": _checksum(key, stored)}  # fmt: skip
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(self.path(key), json.dumps(record) + "\n")
+        except OSError:
+            pass
 
 
 
@@ -614,6 +796,12 @@ class ScoreArguments:
     components: bool = field(
         default=False, metadata={"help": "Score the composite reward (test cases plus code quality), every component."}
     )
+    calibration_cache: str | None = field(
+        default=None,
+        metadata={"help": "Folder that keeps reference runs (calibrations) between runs; 'off' to run every reference "
+                          "anew (default: $QRL_CACHE/calibration, else $XDG_CACHE_HOME/q-rl/calibration, else "
+                          "~/.cache/q-rl/calibration)."},
+    )
 
 
 SCORE_SECTIONS: dict[str, type] = {
@@ -656,7 +844,10 @@ def _score_command(cfg) -> int:
         _discard(sandbox_starting)
         raise
     tick, done = _progress(len(completions))
-    with TestCaseReward(problems, weights=r, workers=box.workers, timeout=r.timeout, sandbox=box) as scorer:
+    calibrations = (None if (args.calibration_cache or "").lower() == "off"
+                    else Path(args.calibration_cache) if args.calibration_cache else default_calibration_cache())
+    with TestCaseReward(problems, weights=r, workers=box.workers, timeout=r.timeout, sandbox=box,
+                        calibration_cache=calibrations) as scorer:
         chosen: Scorer = CompositeReward(scorer, cfg.quality) if args.components else scorer
         samples = [Sample(c.completion, c.task_id) for c in completions]
         try:
@@ -670,6 +861,11 @@ def _score_command(cfg) -> int:
         extra = [{"learned_reward": x.reward} for x in scores] if learned else [{}] * len(results)
         atomic_write(output, "".join(json.dumps({**r.to_json(), **e}) + "\n" for r, e in zip(results, extra)))
         _print_summary(results, scorer, time.perf_counter() - start, output)
+        if scorer.calibrations_run or scorer.calibrations_loaded or scorer.calibration_cache_refused:
+            where = (f"not used: {scorer.calibration_cache_refused}" if scorer.calibration_cache_refused
+                     else str(calibrations) if calibrations else "off")
+            print(f"  reference runs: {scorer.calibrations_run}, read back: {scorer.calibrations_loaded} "
+                  f"(calibration cache: {where})")
         if learned:
             values = [x.reward for x in scores]
             print(f"  mean learned reward {sum(values) / max(len(values), 1):.4f} ({args.reward_model_path})")

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -19,13 +20,17 @@ import problems
 from data_loading import UserError
 from reward_model import (
     STATUSES,
+    CalibrationCache,
     ScoreResult,
     TestCaseReward,
     Timing,
+    _checksum,
+    _reusable,
+    default_calibration_cache,
     pass_at_k,
     pass_at_k_table,
 )
-from sandbox import Limits, RunResult
+from sandbox import Isolation, Limits, RunResult, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -548,3 +553,140 @@ def test_score_components_and_a_run_config(problem_file: Path, tmp_path: Path) -
     assert {"quality_style", "quality_docs", "quality_complexity", "pass", "partial"} <= line["components"].keys()
     assert line["reward"] == pytest.approx(1.0 + 0.5 + 0.2 + 0.5 * quality)
     assert "components (mean):" in proc.stdout and "quality " in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+
+
+class CountingSandbox:
+    """A real sandbox that counts the programs it is given, and can claim weaker isolation than it has."""
+
+    def __init__(self, workers: int = 1, isolation: object | None = None):
+        self.box = Sandbox(workers)
+        self.isolation = isolation or self.box.isolation
+        self.workers = workers
+        self.runs = 0
+
+    def submit(self, program: object) -> Future:
+        self.runs += 1
+        return self.box.submit(program)
+
+    def close(self) -> None:
+        self.box.close()
+
+
+def calibrating_scorer(
+    problem_list: list[problems.Problem], cache: Path | None, timeout: float = 2.0, **sandbox_options: object
+) -> tuple[TestCaseReward, CountingSandbox]:
+    box = CountingSandbox(**sandbox_options)
+    scorer = TestCaseReward(problem_list, workers=1, timing=Timing(timeout=timeout, floor=0.5), sandbox=box,
+                            calibration_cache=cache)  # fmt: skip
+    return scorer, box
+
+
+def test_the_reference_run_serves_an_identical_answer(problem_file: Path) -> None:
+    """An answer that is the reference (layout and comments aside) reuses the calibration's verdict: one run."""
+    scorer, box = calibrating_scorer(problems.load_problems(problem_file), cache=None)
+    with scorer:
+        reformatted = "# the reference, laid out anew\n" + RLE["reference_solution"].replace("out = []", "out=[ ]")
+        first, second = scorer.score([("rle", RLE["reference_solution"]), ("rle", reformatted)])
+        assert box.runs == scorer.programs_run == scorer.calibrations_run == 1
+        assert first.passed and first.cached and second.cached and first.reward == second.reward
+        assert first.components["time"] == 1.0
+        # judged at the timeout, reused under the calibrated limit (the floor): it passed well within it
+        assert scorer.limits_for(scorer.problems["rle"]).cpu_time == 0.5 < scorer.timing.timeout
+        (other,) = scorer.score([("rle", GOOD["rle"].replace("out", "res"))])
+        assert box.runs == 2 and not other.cached and other.passed
+
+
+def test_reuse_under_a_tighter_limit_needs_the_wall_clock_to_hold_too() -> None:
+    def done(verdict: problems.Verdict) -> Future:
+        future: Future = Future()
+        future.set_result(verdict)
+        return future
+
+    quick = done(problems.Verdict("passed", 1, 1, cpu_time=0.01, wall_time=0.02))
+    sleepy = done(problems.Verdict("passed", 1, 1, cpu_time=0.01, wall_time=5.0))  # slept, barely used the CPU
+    assert _reusable(10.0, quick, 1.0) and _reusable(1.0, quick, 10.0)
+    assert not _reusable(10.0, sleepy, 1.0)  # under 1 s of CPU its backstop is 3 s: it would not have finished
+    assert _reusable(1.0, sleepy, 10.0) and _reusable(10.0, sleepy, 10.0)
+
+
+def test_calibration_is_read_back_from_the_cache_folder(problem_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "calibration"
+    answers = [("rle", GOOD["rle"].replace("out", "res")), ("busy", BUSY["reference_solution"]),
+               ("broken", "def one():\n    return 1\n")]  # fmt: skip
+    first, box = calibrating_scorer(problems.load_problems(problem_file), cache)
+    with first:
+        judged = first.score(answers)
+    assert first.calibrations_run == 3 and first.calibrations_loaded == 0 and box.runs == 3 + 2
+    assert len(list(cache.glob("*.json"))) == 3 and oct(cache.stat().st_mode & 0o777) == "0o700"
+    again, box = calibrating_scorer(problems.load_problems(problem_file), cache)
+    with again:
+        rejudged = again.score(answers)
+        assert again.calibrations_run == 0 and again.calibrations_loaded == 3
+        assert box.runs == 2  # the two answers that are not references; busy's reference verdict served busy
+        assert again._reference_cpu == first._reference_cpu and again.reference_failures.keys() == {"broken"}
+        assert [r.reward for r in rejudged] == [r.reward for r in judged] and rejudged[1].cached
+        assert again.limits_for(again.problems["busy"]) == first.limits_for(first.problems["busy"])
+    changed = [{**RLE, "reference_solution": RLE["reference_solution"] + "\nUNUSED = 1\n"},
+               {**BROKEN_REF, "tests": [{"args": [], "expected": 2}]}]  # fmt: skip
+    other_file = tmp_path / "changed.jsonl"
+    other_file.write_text("".join(json.dumps(r) + "\n" for r in changed))
+    for problem_list, timeout in ((problems.load_problems(other_file), 2.0),
+                                  (problems.load_problems(problem_file), 3.0)):  # fmt: skip
+        fresh, box = calibrating_scorer(problem_list, cache, timeout=timeout)
+        with fresh:
+            fresh.score([("rle", GOOD["rle"]), ("broken", "def one():\n    return 1\n")])
+        assert fresh.calibrations_run == 2 and fresh.calibrations_loaded == 0, timeout
+
+
+def test_a_damaged_calibration_file_is_ignored(problem_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "calibration"
+    scorer, _ = calibrating_scorer(problems.load_problems(problem_file), cache)
+    with scorer:
+        scorer.score([("rle", GOOD["rle"])])
+    (path,) = cache.glob("*.json")
+    good = path.read_text()
+    record = json.loads(good)
+    forged = {**record, "verdict": {**record["verdict"], "cpu_time": 1.5}}  # a generous limit, checksum unchanged
+    wrong_type = {**record, "verdict": {**record["verdict"], "tests_passed": "4"}}
+    wrong_type["checksum"] = _checksum(record["key"], wrong_type["verdict"])  # well formed, but not a verdict
+    for damage in (good[: len(good) // 2], "\0\xff not json", "[]", json.dumps(forged), json.dumps(wrong_type)):
+        path.write_text(damage)
+        scorer, _ = calibrating_scorer(problems.load_problems(problem_file), cache)
+        with scorer:
+            (result,) = scorer.score([("rle", GOOD["rle"])])
+        assert scorer.calibrations_run == 1 and scorer.calibrations_loaded == 0 and result.passed, damage[:40]
+        assert scorer.limits_for(scorer.problems["rle"]).cpu_time == 0.5
+        assert CalibrationCache(cache).load(path.stem) is not None  # rewritten whole
+
+
+def test_the_calibration_cache_is_off_where_programs_could_write_it(problem_file: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "calibration"
+    for _ in range(2):
+        scorer, box = calibrating_scorer(problems.load_problems(problem_file), cache, isolation=Isolation())
+        with scorer:
+            scorer.score([("rle", GOOD["rle"])])
+        assert scorer.calibrations_run == box.runs == 1 and "could write it" in scorer.calibration_cache_refused
+    assert not cache.exists()
+
+
+def test_score_command_keeps_calibrations_in_the_users_cache_or_not(problem_file: Path, tmp_path: Path) -> None:
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text(json.dumps({"task_id": "rle", "completion": GOOD["rle"]}) + "\n")
+    env = {**os.environ, "QRL_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "reward_model.py", "score", "--problems", str(problem_file), "--completions",
+               str(completions), "--output", str(tmp_path / "out.jsonl"), "--workers", "1"]  # fmt: skip
+    outputs = []
+    for extra in (["--calibration_cache", "off"], [], []):
+        proc = subprocess.run(command + extra, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(proc.stdout)
+    assert "reference runs: 1, read back: 0 (calibration cache: off)" in outputs[0]
+    folder = tmp_path / "cache" / "calibration"
+    assert f"reference runs: 1, read back: 0 (calibration cache: {folder})" in outputs[1]
+    assert f"reference runs: 0, read back: 1 (calibration cache: {folder})" in outputs[2]
+    assert "programs run: 0" in outputs[2]  # the answer is the reference: its stored verdict serves it
+    assert len(list(folder.glob("*.json"))) == 1
+    assert default_calibration_cache() != folder and ROOT not in default_calibration_cache().parents
