@@ -108,7 +108,7 @@ _UNTAG: dict[str, Callable[[Any, int], Any]] = {
     "s": lambda v, d: set(_unpack_list(v, d)),
     "fs": lambda v, d: frozenset(_unpack_list(v, d)),
     "b": lambda v, d: bytes.fromhex(_str(v)),
-    "c": lambda v, d: complex(*(float(x) for x in _unpack_list(v, d))),
+    "c": lambda v, d: _complex(_unpack_list(v, d)),
 }
 
 
@@ -140,10 +140,39 @@ def _pairs(obj: Any) -> list:
     return obj
 
 
+def _complex(parts: list) -> complex:
+    if len(parts) != 2 or any(type(x) not in (int, float) for x in parts):
+        raise ValueError("not packed plain data")
+    try:
+        return complex(float(parts[0]), float(parts[1]))
+    except OverflowError:  # an int too large for a float: the sender's doing, not packed data
+        raise ValueError("not packed plain data") from None
+
+
 def _str(obj: Any) -> str:
     if type(obj) is not str:
         raise ValueError("not packed plain data")
     return obj
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL, SIGRTMIN+5, or "signal 99": any number a process may die of."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return f"signal {number}"
+
+
+def _text(value: Any) -> str:
+    """A message the program sent, as a short string whatever it is."""
+    if type(value) is str:
+        return value[:500]
+    try:
+        return json.dumps(value)[:500]
+    except (ValueError, TypeError, RecursionError):
+        return "?"
 
 
 def describe(error: BaseException) -> str:
@@ -255,9 +284,13 @@ class _Remote:
         self.death: str | None = None
 
     def load(self) -> str | None:
-        reply = self._receive()
-        if "load_error" in reply:
-            return reply["load_error"]
+        """None once the program is loaded, else why not. Whatever it wrote on the pipe is its own doing."""
+        try:
+            reply = self._receive()
+        except ProgramError as e:
+            return str(e)
+        if "loaded" not in reply:
+            return _text(reply.get("load_error")) or "the program answered out of turn while loading"
         return None
 
     def call(self, name: str, args: Any, kwargs: Any) -> Any:
@@ -270,7 +303,7 @@ class _Remote:
             self._died()
         reply = self._receive()
         if "error" in reply:
-            raise ProgramError(str(reply["error"])[:500])
+            raise ProgramError(_text(reply["error"]))
         if "v" not in reply:
             raise ProgramError("the program answered out of turn")
         return reply["v"]
@@ -303,7 +336,7 @@ class _Remote:
     def _died(self) -> NoReturn:
         _, status = os.waitpid(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
         self.death = f"the program's process {how} before the tests were done"
         raise ProgramDied(self.death)
 
@@ -487,7 +520,7 @@ def main() -> None:
             _run_script(program, public, private["script"], report)
         if program.death:
             report.send(e="died", msg=program.death)
-    except ProgramDied as e:
+    except (ProgramDied, ProgramError) as e:  # the program's doing, wherever it surfaced
         report.send(e="died", msg=str(e))
     except OutputLimit:
         report.send(e="output_limit")

@@ -16,6 +16,7 @@ import builtins
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -299,6 +300,7 @@ def _parse_humaneval(record: Record) -> Problem:
         raise DataError(f"{record.where}: 'test' defines no check(candidate) function")
     tests: list[AssertTest] = []
     check.body = _instrument(check.body, tests, record.data["test"]) or [ast.Pass()]
+    tree.body = _prompt_helpers(prompt, entry_point) + tree.body
     script = ast.unparse(tree) + "\ncheck(__candidate__)\n"  # unparsed, never compiled here: no locations needed
     solution = record.data.get("canonical_solution")
     reference = prompt + solution if isinstance(solution, str) else None
@@ -318,10 +320,12 @@ def _parse_mbpp(record: Record) -> Problem:
         raise DataError(f"{record.where}: cannot tell the function under test from 'test_list'")
     tests: list[AssertTest] = []
     tree.body = _instrument(tree.body, tests, "\n".join(asserts))
-    script = (setup + "\n" if setup else "") + ast.unparse(tree) + "\n"
-    tree.body = _parse(record, setup, "test_setup_code").body + tree.body  # what the script binds and reads
-    prompt = f"{text}\nYour code should pass tests like this one:\n{asserts[0]}"
+    setup_body = _parse(record, setup, "test_setup_code").body
     code = record.data.get("code")
+    modules = _module_imports(ast.Module(setup_body + tree.body, []), code if isinstance(code, str) else None)
+    script = "".join(m + "\n" for m in modules) + (setup + "\n" if setup else "") + ast.unparse(tree) + "\n"
+    tree.body = [*ast.parse("\n".join(modules)).body, *setup_body, *tree.body]  # what the script binds and reads
+    prompt = f"{text}\nYour code should pass tests like this one:\n{asserts[0]}"
     return _assert_problem(record, prompt, entry_point, tests, script, tree, code, setup, joins_prompt=False)
 
 
@@ -331,7 +335,9 @@ def _assert_problem(record: Record, prompt: str, entry_point: str, tests: list[A
     if not tests:
         raise DataError(f"{record.where}: no assert statements in the tests")
     names = _free_names(tree) - {entry_point}
-    kinds = _top_level_kinds(reference) if reference else {}
+    # The tests share the program's process only where nothing is decided in it, or (MBPP) where they build the
+    # program's own objects; never for a name the problem itself defines (those are the tests' own, see above).
+    kinds = _top_level_kinds(reference) if reference and not joins_prompt else {}
     return Problem(
         task_id=str(record.data["task_id"]),
         prompt=prompt,
@@ -552,6 +558,42 @@ def _top_level_kinds(code: str) -> dict[str, str]:
     return kinds
 
 
+def _prompt_helpers(prompt: str, entry_point: str) -> list[ast.stmt]:
+    """The prompt's code but the function to write (its imports, helpers and constants, say HumanEval/32's ``poly``),
+    for the tests' side: the tests use the problem's helpers, never what an answer defines under their names."""
+    try:
+        body = ast.parse(prompt).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    defines = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    return [n for n in body if not (isinstance(n, defines) and n.name == entry_point)]
+
+
+def _module_imports(tests: ast.Module, reference: str | None) -> list[str]:
+    """Import statements for the modules MBPP's asserts use without importing them (``math.isclose(...)``): the
+    reference's own imports of those names, else standard-library modules of the name. They run on the tests'
+    side, so that an assert needs no module from the answer's namespace."""
+    wanted = _free_names(tests)
+    imports, kinds = {}, {}
+    if reference:
+        try:
+            body = ast.parse(reference).body
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            body = []
+        kinds = _top_level_kinds(reference)
+        for node in body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                for alias in node.names:
+                    name = (alias.asname or alias.name).split(".")[0]
+                    if name in wanted and alias.name != "*":
+                        imports[name] = ast.unparse(ast.Import([alias]) if isinstance(node, ast.Import) else
+                                                    ast.ImportFrom(node.module, [alias], node.level))  # fmt: skip
+    for name in sorted(wanted - imports.keys()):
+        if name in sys.stdlib_module_names and name not in kinds:
+            imports[name] = f"import {name}"
+    return [imports[n] for n in sorted(imports)]
+
+
 def _first_called_name(tree: ast.AST) -> str | None:
     for node in ast.walk(tree):
         if (
@@ -646,25 +688,21 @@ def _opens_with_code(text: str, language: str, entry_point: str | None) -> bool:
 def _strip_prose(text: str) -> str:
     """Drop the sentences before the first line that starts Python code, and as many trailing lines as it takes
     for the rest to parse."""
-    lines = text.splitlines()
-    try:
-        ast.parse(text)
+    if _parses(text):
         return text
-    except (SyntaxError, ValueError):
-        pass
+    lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if _PYTHON_START.match(line)), None)
     if start is None:
         return text
-    for end in range(len(lines), max(start, len(lines) - 50), -1):
+    tries = 50 if len(text) <= _STRIP_TRIES_UP_TO else 1  # each try parses the whole rest: bounded work
+    for end in range(len(lines), max(start, len(lines) - tries), -1):
         code = "\n".join(lines[start:end]) + "\n"
-        try:
-            ast.parse(code)
+        if _parses(code):
             return code
-        except (SyntaxError, ValueError):
-            continue
     return "\n".join(lines[start:]) + "\n"
 
 
+_STRIP_TRIES_UP_TO = 64 << 10  # bytes: a longer answer without fences gets one try at its trailing prose
 _PROSE_STRIPPERS: dict[str, Callable[[str, str | None], str]] = {"python": lambda text, _entry: _strip_prose(text)}
 
 
@@ -720,11 +758,11 @@ class PythonExecutor:
     harness_source = "import harness\nharness.main()\n"
 
     def prepare(self, problem: Problem, code: str, reply_limit: int) -> Submission:
+        key = _text_key(problem, code)
         try:
-            normalised = ast.unparse(ast.parse(code))  # comments and layout do not change what a program does
+            ast.parse(code)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-            return Submission(problem, code, _text_key(problem, code), (), syntax_error=harness.describe(e))
-        key = f"{problem.task_id}\0{normalised}"
+            return Submission(problem, code, key, (), syntax_error=harness.describe(e))
         if isinstance(problem.tests[0], IOTest):
             jobs = tuple(Job(code, t.stdin.encode()) for t in problem.tests)
             return Submission(problem, code, key, jobs)
@@ -838,8 +876,10 @@ def _unprepared(problem: Problem, code: str, step: str, error: Exception) -> Sub
 
 
 def _text_key(problem: Problem, code: str) -> str:
-    """The cache key of code that could not be normalised: its text."""
-    return f"{problem.task_id}\0{code.strip()}"
+    """The cache key of a program: its exact text. Layout and comments can change what a program does (line numbers
+    in tracebacks and frames, and its own text is within its reach), so programs that differ in them do not share a
+    verdict."""
+    return f"{problem.task_id}\0{code}"
 
 
 def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
@@ -896,24 +936,22 @@ def _judge_report(problem: Problem, outcome: RunOutcome, cpu: float, wall: float
         if kind in first:
             return Verdict(kind, passed, total, cpu, wall, "reported by the harness")
     if "harness_error" in first:
-        detail = f"harness: {first['harness_error'].get('msg')}"
-        if (
-            problem.tests_in_process
-        ):  # the program shared the harness's process: it may have caused (or written) it
+        detail = f"harness: {_message(first['harness_error'].get('msg'))}"
+        if problem.tests_in_process:  # the program shared the harness's process: it may have caused (or written) it
             return Verdict("runtime_error", 0, total, cpu, wall, detail)
         return Verdict("infra_error", 0, total, cpu, wall, detail)
     if "syntax_error" in first:
-        return Verdict("syntax_error", 0, total, cpu, wall, str(first["syntax_error"].get("msg")))
+        return Verdict("syntax_error", 0, total, cpu, wall, _message(first["syntax_error"].get("msg")))
     if "load_error" in first:
-        return Verdict("runtime_error", 0, total, cpu, wall, str(first["load_error"].get("msg")))
+        return Verdict("runtime_error", 0, total, cpu, wall, _message(first["load_error"].get("msg")))
     if "done" not in first:
         return Verdict("runtime_error", passed, total, cpu, wall, "the run ended before the tests were done")
     if any(why.startswith("raised MemoryError") for why in errors):
         return Verdict("memory_limit", passed, total, cpu, wall, "MemoryError")
     if "script_error" in first:
-        detail = f"the tests' set-up failed: {first['script_error'].get('msg')}"
+        detail = f"the tests' set-up failed: {_message(first['script_error'].get('msg'))}"
     if "died" in first:
-        detail = str(first["died"].get("msg"))
+        detail = _message(first["died"].get("msg"))
     return _mark_same_value(_decide(passed, total, len(errors), "died" in first, cpu, wall, detail), values)
 
 
@@ -929,9 +967,13 @@ def _decide(
 
 def _mark_same_value(verdict: Verdict, values: list) -> Verdict:
     """``values``: what the answer gave the tests (those that gave one back)."""
-    if verdict.status == "failed" and len(values) == verdict.tests_total > 1 and all(v == values[0] for v in values):
-        return replace(verdict, same_value=True)
-    return verdict
+    if verdict.status != "failed" or not len(values) == verdict.tests_total > 1:
+        return verdict
+    try:
+        same = all(v == values[0] for v in values)
+    except (RecursionError, MemoryError):
+        same = False
+    return replace(verdict, same_value=True) if same else verdict
 
 
 def _events(report: str) -> list[dict]:
@@ -947,15 +989,28 @@ def _events(report: str) -> list[dict]:
 
 
 def _test_result(test: Test, event: dict) -> tuple[bool, str]:
-    """(passed, why not) for one test event."""
+    """(passed, why not) for one test event. Whatever the event holds (the program may have written it), reading
+    it fails that test, never the judging."""
+    try:
+        return _test_outcome(test, event)
+    except Exception as e:  # noqa: BLE001 -- a value from the program that our checks above did not foresee
+        return False, f"the result could not be compared ({type(e).__name__})"
+
+
+def _message(value: Any) -> str:
+    """A message from a report event, as text whatever it is (the program may have written it)."""
+    return value if type(value) is str else _short(value)
+
+
+def _test_outcome(test: Test, event: dict) -> tuple[bool, str]:
     if "error" in event:
-        return False, f"raised {str(event['error'])[:300]}"
+        return False, f"raised {_message(event['error'])[:300]}"
     if "ok" in event:  # a pass on word: only for asserts decided in the sandbox, by the harness
         decided_there = isinstance(test, AssertTest) and not test.compared_here
         return event["ok"] is True and decided_there, "assertion failed"
     try:
         value = harness.unpack(event.get("v"))
-    except (ValueError, TypeError, RecursionError):
+    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError):
         return False, "the result is not plain data"
     if isinstance(test, CallTest):
         ok = _json_equal(_as_json(value), test.expected)
@@ -966,11 +1021,63 @@ def _test_result(test: Test, event: dict) -> tuple[bool, str]:
     return False, "unexpected value"
 
 
-def _plain_equal(a: Any, b: Any) -> bool:
+def _plain_equal(actual: Any, expected: Any) -> bool:
+    """An assert's ``==``, by type: an int or a bool needs one of its own type, floats compare exactly."""
+    return _equal(actual, expected, 0.0)
+
+
+def _equal(actual: Any, expected: Any, tol: float) -> bool:
+    """Equal and of the same type: an int expected needs an int, a bool a bool (never a number). A float expected
+    takes a float or an int within ``tol`` (relative or absolute; 0: exactly equal); set elements and dict keys
+    compare exactly, by type too. Both sides are exact builtin types: no user-defined ``__eq__`` runs."""
     try:
-        return bool(a == b)  # both sides are exact builtin types: no user-defined __eq__ runs
-    except RecursionError:
+        return _equal_at(actual, expected, tol)
+    except (RecursionError, MemoryError):
         return False
+
+
+def _equal_at(actual: Any, expected: Any, tol: float) -> bool:
+    kind = type(expected)
+    if kind is float:
+        return type(actual) in (int, float) and _close(actual, expected, tol)
+    if kind in (set, frozenset):
+        return type(actual) in (set, frozenset) and {_typed(x) for x in actual} == {_typed(x) for x in expected}
+    if type(actual) is not kind:
+        return False
+    if kind in (list, tuple):
+        return len(actual) == len(expected) and all(
+            _equal_at(a, e, tol) for a, e in zip(actual, expected, strict=True)
+        )
+    if kind is dict:
+        got, wanted = _typed_keys(actual), _typed_keys(expected)
+        return got.keys() == wanted.keys() and all(_equal_at(got[k], wanted[k], tol) for k in wanted)
+    return bool(actual == expected)  # int, bool, str, bytes, complex, None
+
+
+def _close(actual: float, expected: float, tol: float) -> bool:
+    if math.isnan(expected):
+        return type(actual) is float and math.isnan(actual)
+    if tol == 0 or math.isinf(expected):
+        return actual == expected  # Python compares an int and a float exactly, whatever their size
+    try:
+        value = float(actual)
+    except OverflowError:  # an int beyond any float: not close to a finite one
+        return False
+    return math.isclose(value, expected, rel_tol=tol, abs_tol=tol)
+
+
+def _typed(value: Any) -> Any:
+    """A hashable form that tells 1, 1.0 and True apart (set elements, dict keys)."""
+    kind = type(value)
+    if kind is tuple:
+        return ("tuple", tuple(_typed(v) for v in value))
+    if kind is frozenset:
+        return ("frozenset", frozenset(_typed(v) for v in value))
+    return (kind.__name__, value)
+
+
+def _typed_keys(value: dict) -> dict:
+    return {_typed(k): v for k, v in value.items()}
 
 
 _JSON_KEY = {True: "true", False: "false", None: "null"}
@@ -986,29 +1093,23 @@ def _as_json(value: Any) -> Any:
             if type(k) in (bool, type(None)):
                 k = _JSON_KEY[k]
             elif type(k) in (int, float):
-                k = json.dumps(k)
+                k = _json_key(k)
             out[k] = _as_json(v)
         return out
     return value
 
 
+def _json_key(key: float) -> str:
+    try:
+        return json.dumps(key)
+    except ValueError:  # an int of over 4300 digits: a key no JSON file can hold
+        return f"\0int {hex(key)}"
+
+
 def _json_equal(actual: Any, expected: Any) -> bool:
-    """Equal as JSON data, floats to within 1e-6 (relative or absolute); a bool is never a number here."""
-    if type(actual) is bool or type(expected) is bool:
-        return type(actual) is type(expected) and actual == expected
-    if type(actual) in (int, float) and type(expected) in (int, float):
-        if type(actual) is int and type(expected) is int:
-            return actual == expected
-        if math.isnan(actual) or math.isnan(expected):
-            return math.isnan(actual) and math.isnan(expected)
-        return math.isclose(actual, expected, rel_tol=1e-6, abs_tol=1e-6)
-    if type(actual) is list and type(expected) is list:
-        return len(actual) == len(expected) and all(
-            _json_equal(a, e) for a, e in zip(actual, expected, strict=True)
-        )
-    if type(actual) is dict and type(expected) is dict:
-        return actual.keys() == expected.keys() and all(_json_equal(actual[k], expected[k]) for k in expected)
-    return type(actual) is type(expected) and actual == expected
+    """Equal as JSON data, by type (see ``_equal``): an int expected needs an int, a float expected takes a float or
+    an int within 1e-6 (relative or absolute); a bool is never a number."""
+    return _equal(actual, expected, 1e-6)
 
 
 def _short(value: Any) -> str:
@@ -1016,7 +1117,7 @@ def _short(value: Any) -> str:
     is named, not printed: a program's answer must not stop the judging."""
     try:
         text = repr(value)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, MemoryError):
         return f"<{type(value).__name__} too large to print>"
     return text if len(text) <= 120 else text[:117] + "..."
 
