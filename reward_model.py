@@ -238,7 +238,9 @@ class TestCaseReward(Scorer):
                 executors = {problems_module.EXECUTORS.get(p.language) for p in self.problems.values()}
                 preload = sorted({m for e in executors if e is not None for m in e.preload})
                 expose = problems_module.sandbox_paths({p.language for p in self.problems.values()})
-                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces, expose=expose)
+                hide = {p.where.rsplit(":", 1)[0] for p in self.problems.values() if p.where}  # their tests
+                self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces, expose=expose,
+                                        hide=hide)  # fmt: skip
             return self._sandbox
 
     def close(self) -> None:
@@ -825,7 +827,8 @@ def _score_command(cfg) -> int:
     preload = sorted({m for e in problems_module.EXECUTORS.values() for m in e.preload})
     expose = problems_module.sandbox_paths()
     # the sandbox starts while the problems load
-    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, r.workers, preload=preload, expose=expose)
+    hide = [args.problems, args.completions, args.output]  # should any lie where programs can look
+    sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, r.workers, preload=preload, expose=expose, hide=hide)
     try:
         problems = problems_module.load_problems(args.problems, args.format)
         problems_module.check_executors(problems)  # e.g. no q for Q problems: one line, before anything is written

@@ -180,12 +180,16 @@ class Sandbox:
         tmp_size: int = 64 << 20,
         queue_size: int | None = None,
         expose: Iterable[str] = (),
+        hide: Iterable[str] = (),
+        memory_cgroup: bool = True,
     ):
-        """``expose``: folders the programs must be able to read (say, an interpreter they run) besides Python's own;
-        like the interpreter, they stay read-only, and are opened to the programs' uid where a closed folder such as
-        /root lies on the way."""
+        """``expose``: folders the programs must be able to read (say, an interpreter they run) besides Python's own,
+        read-only like the interpreter. ``hide``: files or folders programs must not read even where they lie inside
+        a visible folder (the problems being scored, say); they appear empty. ``memory_cgroup=False`` counts memory
+        without a cgroup, as on a machine that has none."""
         self.workers = max(1, workers or default_workers())
-        self._server_args = _server_args(list(DEFAULT_PRELOAD) + list(preload), namespaces, tmp_size, expose)
+        options = {"namespaces": namespaces, "tmp_size": tmp_size, "memory_cgroup": memory_cgroup}
+        self._server_args = _server_args(list(DEFAULT_PRELOAD) + list(preload), options, expose, hide)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size or 2 * self.workers)
         self._workers = [_Worker(self._queue, slot, self._server_args) for slot in range(self.workers)]
         self._closed = False
@@ -242,11 +246,12 @@ _open_sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
 atexit.register(lambda: [s.close() for s in list(_open_sandboxes)])
 
 
-def _server_args(preload: list[str], namespaces: bool, tmp_size: int, expose: Iterable[str] = ()) -> list[str]:
+def _server_args(preload: list[str], options: dict, expose: Iterable[str], hide: Iterable[str]) -> list[str]:
     """The server imports this file as the module ``sandbox`` (not as ``__main__``), with this folder, and not the
     current one, first on its path: a program's files in its working folder can never shadow a module."""
     folders = sorted({os.path.abspath(p) for p in expose if os.path.isdir(p)})
-    spec = {"preload": preload, "namespaces": namespaces, "tmp_size": tmp_size, "expose": folders}
+    hidden = sorted({os.path.abspath(p) for p in hide if os.path.lexists(p)})
+    spec = {"preload": preload, **options, "expose": folders, "hide": hidden}
     here = os.path.dirname(os.path.abspath(__file__))
     bootstrap = f"import sys; sys.path[0] = {here!r}; import sandbox; sandbox._serve(*sys.argv[1:])"
     return [sys.executable, "-s", "-c", bootstrap, json.dumps(spec)]
@@ -263,6 +268,7 @@ class _Worker:
     def __init__(self, jobs: queue.Queue, slot: int, server_args: list[str]):
         self.jobs, self.slot, self.args = jobs, slot, server_args
         self.proc: subprocess.Popen | None = None
+        self.cgroup: str | None = None
         self.isolation = Isolation()
         self.start_error = ""
         self.ready = threading.Event()
@@ -317,6 +323,7 @@ class _Worker:
             self._stop()
             raise SandboxError(hello["error"])
         self.isolation = Isolation(**{**hello["isolation"], "notes": tuple(hello["isolation"]["notes"])})
+        self.cgroup = hello.get("cgroup")
 
     def _stop(self) -> None:
         if self.proc is None:
@@ -329,6 +336,12 @@ class _Worker:
             self.proc.wait()
         self.proc.stdout.close()
         self.proc = None
+        if self.cgroup:  # the server's memory cgroup, empty once it is gone
+            try:
+                os.rmdir(self.cgroup)
+            except OSError:
+                pass
+            self.cgroup = None
 
     def _execute(self, program: Program) -> RunResult:
         """Run once, and once more on a fresh server if the server died meanwhile: a fluke costs a retry, while a
@@ -474,7 +487,7 @@ def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
     except Exception as e:  # noqa: BLE001 -- the caller shows it
         _send(replies, {"error": f"{type(e).__name__}: {e}"})
         os._exit(1)
-    _send(replies, {"isolation": asdict(server.isolation)})
+    _send(replies, {"isolation": asdict(server.isolation), "cgroup": server.memory.cgroup})
     server.loop()
 
 
@@ -528,7 +541,7 @@ class _Server:
                 __import__(name)
             except ImportError:
                 pass  # numpy is optional, and so is anything else preloaded for speed only
-        self.memory = _MemoryAccount.create(root)
+        self.memory = _MemoryAccount.create(root and spec.get("memory_cgroup", True))
         if self.memory.cgroup is None:
             notes.append("no memory cgroup of its own: memory is the processes' PSS plus the shared memory behind "
                          "their descriptors and the private /tmp and /dev/shm")  # fmt: skip
