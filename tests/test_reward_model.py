@@ -324,9 +324,17 @@ def test_cache_never_runs_a_program_twice(scorer: TestCaseReward) -> None:
     runs = scorer.programs_run
     first = score(scorer, [("rle", code), ("rle", code)])
     assert scorer.programs_run == runs + 1 and [r.cached for r in first] == [False, True]
-    reformatted = "# same program\ndef run_length_encode(s):\n\n    return [[c, s.count(c)]  for c in dict.fromkeys(s)]\n"
-    again = score(scorer, [("rle", f"```python\n{reformatted}```")])
+    again = score(scorer, [("rle", f"Here it is:\n```python\n{code}```")])  # the same program in another answer
     assert scorer.programs_run == runs + 1 and again[0].cached and again[0].reward == first[0].reward
+
+
+def test_layout_is_part_of_the_cache_key(scorer: TestCaseReward) -> None:
+    """The cache key is the program's exact text: a program can see its own line numbers, so two programs equal but
+    for a blank line or a comment line can behave differently, and each gets its own verdict."""
+    body = "    import sys\n    if sys._getframe().f_lineno != 3:\n        return []\n" + RLE["reference_solution"].split("\n", 1)[1]
+    tight, loose = "def run_length_encode(s):\n" + body, "def run_length_encode(s):\n    # a comment line\n" + body
+    first, second = score(scorer, [("rle", tight), ("rle", loose)])
+    assert (first.status, second.status, second.cached) == ("passed", "failed", False)
 
 
 def test_limits_come_from_the_reference(scorer: TestCaseReward) -> None:
@@ -585,11 +593,11 @@ def calibrating_scorer(
 
 
 def test_the_reference_run_serves_an_identical_answer(problem_file: Path) -> None:
-    """An answer that is the reference (layout and comments aside) reuses the calibration's verdict: one run."""
+    """An answer that is the reference (the same program: the same cache key) reuses the calibration's verdict."""
     scorer, box = calibrating_scorer(problems.load_problems(problem_file), cache=None)
     with scorer:
-        reformatted = "# the reference, laid out anew\n" + RLE["reference_solution"].replace("out = []", "out=[ ]")
-        first, second = scorer.score([("rle", RLE["reference_solution"]), ("rle", reformatted)])
+        answer = RLE["reference_solution"]
+        first, second = scorer.score([("rle", answer), ("rle", answer)])
         assert box.runs == scorer.programs_run == scorer.calibrations_run == 1
         assert first.passed and first.cached and second.cached and first.reward == second.reward
         assert first.components["time"] == 1.0
