@@ -160,8 +160,8 @@ def completion_text(completion: Any) -> str:
         if messages:
             content = messages[-1].get("content", "")
             if isinstance(content, list):  # content parts
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
+                return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+            return content if isinstance(content, str) else str(content or "")
     raise UserError(f"cannot read a completion of type {type(completion).__name__}")
 
 
@@ -239,6 +239,8 @@ class TestCaseReward(Scorer):
                 preload = sorted({m for e in executors if e is not None for m in e.preload})
                 expose = problems_module.sandbox_paths({p.language for p in self.problems.values()})
                 hide = {p.where.rsplit(":", 1)[0] for p in self.problems.values() if p.where}  # their tests
+                if self.calibration_cache is not None:
+                    hide.add(str(self.calibration_cache.prepared()))
                 self._sandbox = Sandbox(self.workers, preload=preload, namespaces=self._namespaces, expose=expose,
                                         hide=hide)  # fmt: skip
             return self._sandbox
@@ -576,6 +578,15 @@ class CalibrationCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
 
+    def prepared(self) -> Path:
+        """The folder, made (mode 700) if it can be: it must exist for the sandbox to hide it from programs, should
+        it lie where they can look."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            pass
+        return self.folder
+
     def load(self, key: str) -> Verdict | None:
         """The stored verdict, or None: missing, unreadable, damaged or not this key's."""
         try:
@@ -594,8 +605,7 @@ class CalibrationCache:
         record = {"format": CALIBRATION_FORMAT, "key": key, "task_id": task_id, "verdict": stored,
                   "checksum": _checksum(key, stored)}  # fmt: skip
         try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(self.path(key), json.dumps(record) + "\n")
+            atomic_write(self.prepared() / f"{key}.json", json.dumps(record) + "\n")
         except OSError:
             pass
 
@@ -698,8 +708,8 @@ class CompositeReward(Scorer):
         scores: list[QualityScore | None] = [None] * len(samples)
         for language in {p.language for p in problems}:
             idx = [i for i, p in enumerate(problems) if p.language == language]
-            codes = [problems_module.program_code(problems[i], samples[i].completion) for i in idx]
-            for i, q in zip(idx, code_quality.quality(codes, language, self.quality), strict=True):
+            codes = [_program_or_nothing(problems[i], samples[i].completion) for i in idx]
+            for i, q in zip(idx, self._quality(codes, language), strict=True):
                 scores[i] = q
         combined = [self._combine(r, q) for r, q in zip(results, scores, strict=True)]
         if self.learned is None:
@@ -709,6 +719,26 @@ class CompositeReward(Scorer):
             r, reward=r.reward + self.scale * self.test_cases.weights.reward_learned * lr.reward,
             components={**r.components, **lr.components})
             for r, lr in zip(combined, learned, strict=True)]
+
+    def _quality(self, codes: list[str], language: str) -> list[QualityScore]:
+        """Quality scores of a batch. No answer stops the batch: if scoring the batch fails, each program is scored
+        alone, and one that fails alone scores 0. A failure that a trivial program shares (a missing tool) is the
+        set-up's, and is raised."""
+        try:
+            return code_quality.quality(codes, language, self.quality)
+        except Exception:  # noqa: BLE001 -- some answer, or the set-up: told apart one by one
+            return self._quality_each(codes, language)
+
+    def _quality_each(self, codes: list[str], language: str) -> list[QualityScore]:
+        scores = []
+        for code in codes:
+            try:
+                (score,) = code_quality.quality([code], language, self.quality)
+            except Exception as e:  # noqa: BLE001
+                code_quality.quality([_TRIVIAL.get(language, "")], language, self.quality)  # raises if it is ours
+                score = QualityScore(0.0, 0.0, 0.0, 0.0, {"error": f"quality scoring failed: {type(e).__name__}"})
+            scores.append(score)
+        return scores
 
     def _combine(self, result: ScoreResult, q: QualityScore) -> ScoreResult:
         if result.reward is None:
@@ -720,6 +750,17 @@ class CompositeReward(Scorer):
 
     def close(self) -> None:
         self.test_cases.close()
+
+
+_TRIVIAL = {"python": "def f(x):\n    return x\n", "q": "f:{x}\n"}  # programs every quality scorer can score
+
+
+def _program_or_nothing(problem: Problem, completion: str) -> str:
+    """The program in an answer, for its quality score; "" (which scores 0) if reading it fails."""
+    try:
+        return problems_module.program_code(problem, completion)
+    except Exception:  # noqa: BLE001 -- its test-case verdict says why; no answer stops the batch
+        return ""
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -828,6 +869,10 @@ def _score_command(cfg) -> int:
     expose = problems_module.sandbox_paths()
     # the sandbox starts while the problems load
     hide = [args.problems, args.completions, args.output]  # should any lie where programs can look
+    calibrations = (None if (args.calibration_cache or "").lower() == "off"
+                    else Path(args.calibration_cache) if args.calibration_cache else default_calibration_cache())
+    if calibrations is not None:
+        hide.append(str(CalibrationCache(calibrations).prepared()))
     sandbox_starting = ThreadPoolExecutor(1).submit(Sandbox, r.workers, preload=preload, expose=expose, hide=hide)
     try:
         problems = problems_module.load_problems(args.problems, args.format)
@@ -847,8 +892,6 @@ def _score_command(cfg) -> int:
         _discard(sandbox_starting)
         raise
     tick, done = _progress(len(completions))
-    calibrations = (None if (args.calibration_cache or "").lower() == "off"
-                    else Path(args.calibration_cache) if args.calibration_cache else default_calibration_cache())
     with TestCaseReward(problems, weights=r, workers=box.workers, timeout=r.timeout, sandbox=box,
                         calibration_cache=calibrations) as scorer:
         chosen: Scorer = CompositeReward(scorer, cfg.quality) if args.components else scorer

@@ -30,7 +30,7 @@ from reward_model import (
     pass_at_k,
     pass_at_k_table,
 )
-from sandbox import Isolation, Limits, RunResult, Sandbox
+from sandbox import Isolation, Limits, RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -569,8 +569,8 @@ def test_score_components_and_a_run_config(problem_file: Path, tmp_path: Path) -
 class CountingSandbox:
     """A real sandbox that counts the programs it is given, and can claim weaker isolation than it has."""
 
-    def __init__(self, workers: int = 1, isolation: object | None = None):
-        self.box = Sandbox(workers)
+    def __init__(self, problem_list: list[problems.Problem], workers: int = 1, isolation: object | None = None):
+        self.box = TestCaseReward(problem_list, workers=workers).sandbox  # started as a scorer starts its own
         self.isolation = isolation or self.box.isolation
         self.workers = workers
         self.runs = 0
@@ -586,7 +586,7 @@ class CountingSandbox:
 def calibrating_scorer(
     problem_list: list[problems.Problem], cache: Path | None, timeout: float = 2.0, **sandbox_options: object
 ) -> tuple[TestCaseReward, CountingSandbox]:
-    box = CountingSandbox(**sandbox_options)
+    box = CountingSandbox(problem_list, **sandbox_options)
     scorer = TestCaseReward(problem_list, workers=1, timing=Timing(timeout=timeout, floor=0.5), sandbox=box,
                             calibration_cache=cache)  # fmt: skip
     return scorer, box
