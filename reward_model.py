@@ -478,8 +478,8 @@ def _reusable(cpu_limit: float, verdict: Future, wanted: float) -> bool:
     result: Verdict = verdict.result()
     if result.status == "timeout":
         return cpu_limit >= wanted
-    # under a tighter limit, its wall-clock backstop (2 x CPU + 1 s, unloaded) must have held too
-    return result.cpu_time <= wanted and (wanted >= cpu_limit or result.wall_time <= 2 * wanted + 1.0)
+    # under a tighter limit, its wall-clock backstop (unstretched: 2 x CPU + 1 s) must have held too
+    return result.cpu_time <= wanted and (wanted >= cpu_limit or result.wall_time <= Limits(cpu_time=wanted).wall)
 
 
 # ----------------------------------------------------------------------------------------------------------------
