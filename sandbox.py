@@ -851,6 +851,9 @@ class _FileSystem:
             os.symlink(target, f"{new}/dev/{name}")
 
     def _hide(self, new: str, path: str) -> None:
+        for stash, source in self.server.tmp_binds:  # under /tmp: inside its stash, bound with it into each /tmp
+            if path.startswith(source + "/"):
+                path = stash + path[len(source):]
         if not os.path.lexists(new + path):
             return
         if os.path.isdir(new + path) and not os.path.islink(new + path):
