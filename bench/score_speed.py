@@ -340,7 +340,7 @@ def main() -> None:
               "repeat": args.repeat, **summarise(runs, cpu, n, cores, args.compare_checkout)}  # fmt: skip
     result["programs_per_second"][f"warm_scorer_{cores}_workers"] = 1 / warm_first
     result["cache_hit_seconds"] = warm_hit
-    result |= {"machine_before": before, "machine_after": machine(),
+    result |= {"machine_before": before, "machine_after": machine(), "commit": git_commit(ROOT),
                "command": " ".join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
