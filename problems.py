@@ -1022,35 +1022,40 @@ def _test_outcome(test: Test, event: dict) -> tuple[bool, str]:
 
 
 def _plain_equal(actual: Any, expected: Any) -> bool:
-    """An assert's ``==``, by type: an int or a bool needs one of its own type, floats compare exactly."""
-    return _equal(actual, expected, 0.0)
+    """An assert's ``==`` as Python has it for numbers (``240.0 == 240``: the datasets' references rely on it), with
+    no tolerance; but a bool is never a number here."""
+    return _equal(actual, expected, 0.0, exact_ints=False)
 
 
-def _equal(actual: Any, expected: Any, tol: float) -> bool:
-    """Equal and of the same type: an int expected needs an int, a bool a bool (never a number). A float expected
-    takes a float or an int within ``tol`` (relative or absolute; 0: exactly equal); set elements and dict keys
-    compare exactly, by type too. Both sides are exact builtin types: no user-defined ``__eq__`` runs."""
+def _equal(actual: Any, expected: Any, tol: float, exact_ints: bool = True) -> bool:
+    """Equal, and of the same kind: a bool needs a bool (never a number), and with ``exact_ints`` an int expected
+    needs an int. A float expected takes a float or an int within ``tol`` (relative or absolute; 0: exactly equal).
+    Set elements and dict keys compare exactly, by the same kinds. Both sides are exact builtin types: no
+    user-defined ``__eq__`` runs."""
     try:
-        return _equal_at(actual, expected, tol)
+        return _equal_at(actual, expected, tol, exact_ints)
     except (RecursionError, MemoryError):
         return False
 
 
-def _equal_at(actual: Any, expected: Any, tol: float) -> bool:
+def _equal_at(actual: Any, expected: Any, tol: float, exact_ints: bool) -> bool:
     kind = type(expected)
     if kind is float:
         return type(actual) in (int, float) and _close(actual, expected, tol)
+    if kind is int and not exact_ints:
+        return type(actual) in (int, float) and actual == expected  # Python compares them exactly, any size
     if kind in (set, frozenset):
-        return type(actual) in (set, frozenset) and {_typed(x) for x in actual} == {_typed(x) for x in expected}
+        return type(actual) in (set, frozenset) and _typed_set(actual, exact_ints) == _typed_set(expected, exact_ints)
     if type(actual) is not kind:
         return False
     if kind in (list, tuple):
         return len(actual) == len(expected) and all(
-            _equal_at(a, e, tol) for a, e in zip(actual, expected, strict=True)
+            _equal_at(a, e, tol, exact_ints) for a, e in zip(actual, expected, strict=True)
         )
     if kind is dict:
-        got, wanted = _typed_keys(actual), _typed_keys(expected)
-        return got.keys() == wanted.keys() and all(_equal_at(got[k], wanted[k], tol) for k in wanted)
+        got = {_typed(k, exact_ints): v for k, v in actual.items()}
+        wanted = {_typed(k, exact_ints): v for k, v in expected.items()}
+        return got.keys() == wanted.keys() and all(_equal_at(got[k], wanted[k], tol, exact_ints) for k in wanted)
     return bool(actual == expected)  # int, bool, str, bytes, complex, None
 
 
@@ -1066,18 +1071,20 @@ def _close(actual: float, expected: float, tol: float) -> bool:
     return math.isclose(value, expected, rel_tol=tol, abs_tol=tol)
 
 
-def _typed(value: Any) -> Any:
-    """A hashable form that tells 1, 1.0 and True apart (set elements, dict keys)."""
+def _typed(value: Any, exact_ints: bool) -> Any:
+    """A hashable form that tells True from 1, and (with ``exact_ints``) 1 from 1.0: for set elements, dict keys."""
     kind = type(value)
     if kind is tuple:
-        return ("tuple", tuple(_typed(v) for v in value))
+        return ("tuple", tuple(_typed(v, exact_ints) for v in value))
     if kind is frozenset:
-        return ("frozenset", frozenset(_typed(v) for v in value))
+        return ("frozenset", _typed_set(value, exact_ints))
+    if kind in (int, float) and not exact_ints:
+        return ("number", value)
     return (kind.__name__, value)
 
 
-def _typed_keys(value: dict) -> dict:
-    return {_typed(k): v for k, v in value.items()}
+def _typed_set(value: set | frozenset, exact_ints: bool) -> frozenset:
+    return frozenset(_typed(v, exact_ints) for v in value)
 
 
 _JSON_KEY = {True: "true", False: "false", None: "null"}
