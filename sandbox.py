@@ -908,6 +908,7 @@ class _MemoryAccount:
         self.cgroup, self.version = cgroup, version
         self.fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY) if cgroup else -1
         self.base, self.events = 0, (0, 0)
+        self.files: dict[tuple[str, int], int] = {}
 
     @classmethod
     def create(cls, root: bool) -> _MemoryAccount:
@@ -933,19 +934,18 @@ class _MemoryAccount:
         except (OSError, ValueError, LookupError):
             return cls()
 
+    def _file(self, name: str, flags: int) -> int:
+        """The cgroup's files stay open for the server's life: a read or write is one system call."""
+        key = (name, flags)
+        if key not in self.files:
+            self.files[key] = os.open(name, flags, dir_fd=self.fd)
+        return self.files[key]
+
     def _read(self, name: str) -> str:
-        fd = os.open(name, os.O_RDONLY, dir_fd=self.fd)
-        try:
-            return os.read(fd, 4096).decode()
-        finally:
-            os.close(fd)
+        return os.pread(self._file(name, os.O_RDONLY), 4096, 0).decode()
 
     def _write(self, name: str, value: str) -> None:
-        fd = os.open(name, os.O_WRONLY, dir_fd=self.fd)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+        os.pwrite(self._file(name, os.O_WRONLY), value.encode(), 0)
 
     def _usage(self) -> int:
         return int(self._read("memory.current" if self.version == 2 else "memory.usage_in_bytes"))
