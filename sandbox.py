@@ -541,7 +541,7 @@ class _Server:
                 __import__(name)
             except ImportError:
                 pass  # numpy is optional, and so is anything else preloaded for speed only
-        self.memory = _MemoryAccount.create(root and spec.get("memory_cgroup", True))
+        self.memory = _MemoryAccount.create(spec.get("memory_cgroup", True))
         if self.memory.cgroup is None:
             notes.append("no memory cgroup of its own: memory is the processes' PSS plus the shared memory behind "
                          "their descriptors and the private /tmp and /dev/shm")  # fmt: skip
@@ -911,8 +911,9 @@ class _MemoryAccount:
         self.files: dict[tuple[str, int], int] = {}
 
     @classmethod
-    def create(cls, root: bool) -> _MemoryAccount:
-        if not root:
+    def create(cls, wanted: bool) -> _MemoryAccount:
+        """A cgroup of this server's own, where its cgroup folder lets it make one (as root, or delegated)."""
+        if not wanted:
             return cls()
         try:
             parent, version = _own_memory_cgroup()
