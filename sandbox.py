@@ -133,6 +133,8 @@ class Isolation:
     )
     separate_uid: bool = False  # root: programs run as an unprivileged uid of their own per server
     memory_cgroup: bool = False  # the kernel counts and limits all the memory a program holds
+    cpu_cgroup: bool = False  # the kernel counts the CPU of all a program's processes, reaped unseen or not
+    seccomp: bool = False  # no keyrings, no new namespaces
     notes: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
@@ -151,6 +153,8 @@ class Isolation:
             f"own root (only the interpreter, read-only; private /tmp): {yes[self.mount_namespace]}",
             f"own IPC namespace: {yes[self.ipc_namespace]}",
             f"memory counted by a cgroup of its own: {yes[self.memory_cgroup]}",
+            f"CPU time counted by a cgroup of its own: {yes[self.cpu_cgroup]}",
+            f"system call filter (no keyrings, no new namespaces): {yes[self.seccomp]}",
             *self.notes,
         ]
 
@@ -181,14 +185,14 @@ class Sandbox:
         queue_size: int | None = None,
         expose: Iterable[str] = (),
         hide: Iterable[str] = (),
-        memory_cgroup: bool = True,
+        cgroups: bool = True,
     ):
         """``expose``: folders the programs must be able to read (say, an interpreter they run) besides Python's own,
         read-only like the interpreter. ``hide``: files or folders programs must not read even where they lie inside
-        a visible folder (the problems being scored, say); they appear empty. ``memory_cgroup=False`` counts memory
-        without a cgroup, as on a machine that has none."""
+        a visible folder (the problems being scored, say); they appear empty. ``cgroups=False`` counts memory and CPU
+        without cgroups, as on a machine that has none."""
         self.workers = max(1, workers or default_workers())
-        options = {"namespaces": namespaces, "tmp_size": tmp_size, "memory_cgroup": memory_cgroup}
+        options = {"namespaces": namespaces, "tmp_size": tmp_size, "cgroups": cgroups}
         self._server_args = _server_args(list(DEFAULT_PRELOAD) + list(preload), options, expose, hide)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size or 2 * self.workers)
         self._workers = [_Worker(self._queue, slot, self._server_args) for slot in range(self.workers)]
@@ -268,7 +272,7 @@ class _Worker:
     def __init__(self, jobs: queue.Queue, slot: int, server_args: list[str]):
         self.jobs, self.slot, self.args = jobs, slot, server_args
         self.proc: subprocess.Popen | None = None
-        self.cgroup: str | None = None
+        self.cgroups: list[str] = []
         self.isolation = Isolation()
         self.start_error = ""
         self.ready = threading.Event()
@@ -323,7 +327,7 @@ class _Worker:
             self._stop()
             raise SandboxError(hello["error"])
         self.isolation = Isolation(**{**hello["isolation"], "notes": tuple(hello["isolation"]["notes"])})
-        self.cgroup = hello.get("cgroup")
+        self.cgroups = hello.get("cgroups", [])
 
     def _stop(self) -> None:
         if self.proc is None:
@@ -336,12 +340,12 @@ class _Worker:
             self.proc.wait()
         self.proc.stdout.close()
         self.proc = None
-        if self.cgroup:  # the server's memory cgroup, empty once it is gone
+        for folder in self.cgroups:  # the server's cgroups, empty once it is gone
             try:
-                os.rmdir(self.cgroup)
+                os.rmdir(folder)
             except OSError:
                 pass
-            self.cgroup = None
+        self.cgroups = []
 
     def _execute(self, program: Program) -> RunResult:
         """Run once, and once more on a fresh server if the server died meanwhile: a fluke costs a retry, while a
@@ -414,6 +418,7 @@ MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC = 1024, 2048, 4096, 8192, 16
 MS_PRIVATE, MS_RELATIME = 1 << 18, 1 << 21
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 4, 38, 36
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 _STATVFS_TO_MS = [(os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
                   (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)]  # fmt: skip
 
@@ -459,6 +464,49 @@ class _Kernel:
         self._call(self.libc.capset(header, data), "capset")
 
 
+# Seccomp: the system calls no program needs and some would abuse. Keys (add_key, request_key, keyctl) live in the
+# uid's keyring, which outlives the run and the server; new namespaces (unshare, clone with a CLONE_NEW* flag) give a
+# program every capability inside one, and with them far more of the kernel to attack. clone3 passes its flags in
+# memory a filter cannot read, so it answers ENOSYS and the C library falls back to clone.
+_SYSCALLS = {  # machine: (audit arch, add_key, request_key, keyctl, unshare, clone, clone3)
+    "x86_64": (0xC000003E, 248, 249, 250, 272, 56, 435),
+    "aarch64": (0xC00000B7, 217, 218, 219, 97, 220, 435),
+}
+_NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+_CLONE_NEWTIME = 0x80  # unshare only: in clone's flags these bits are the exit signal
+_RET_ALLOW, _RET_EPERM, _RET_ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+
+
+def _seccomp_filter() -> bytes | None:
+    """The BPF program (struct sock_filter[]), or None on a machine whose system call numbers are not listed."""
+    machine = os.uname().machine
+    if machine not in _SYSCALLS:
+        return None
+    arch, add_key, request_key, keyctl, unshare, clone, clone3 = _SYSCALLS[machine]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, _RET_ENOSYS), (ld, 0, 0, 0)]  # other ABIs: nothing
+    if machine == "x86_64":
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, _RET_ENOSYS)]  # x32 system calls
+    for n in (add_key, request_key, keyctl):
+        prog += [(jeq, 0, 1, n), (ret, 0, 0, _RET_EPERM)]
+    prog += [(jeq, 0, 1, clone3), (ret, 0, 0, _RET_ENOSYS)]
+    for n, flags in ((unshare, _NAMESPACE_FLAGS | _CLONE_NEWTIME), (clone, _NAMESPACE_FLAGS)):
+        prog += [(jeq, 0, 4, n), (ld, 0, 0, 16), (jset, 0, 1, flags), (ret, 0, 0, _RET_EPERM),
+                 (ret, 0, 0, _RET_ALLOW)]  # fmt: skip
+    prog.append((ret, 0, 0, _RET_ALLOW))
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
+def _install_seccomp(kernel: _Kernel, program: bytes) -> None:
+    filters = ctypes.create_string_buffer(program, len(program))
+
+    class _Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = _Fprog(len(program) // 8, ctypes.cast(filters, ctypes.c_void_p))
+    kernel._call(kernel.libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Server side. Everything below runs in the server process (``python sandbox.py --serve``) and its children.
 
@@ -487,7 +535,8 @@ def _serve(spec_json: str, slot: str, caller_pid: str) -> None:
     except Exception as e:  # noqa: BLE001 -- the caller shows it
         _send(replies, {"error": f"{type(e).__name__}: {e}"})
         os._exit(1)
-    _send(replies, {"isolation": asdict(server.isolation), "cgroup": server.memory.cgroup})
+    cgroups = [server.memory.cgroup, server.cpu.cgroup if server.cpu.owned else None]
+    _send(replies, {"isolation": asdict(server.isolation), "cgroups": [c for c in cgroups if c]})
     server.loop()
 
 
@@ -541,7 +590,11 @@ class _Server:
                 __import__(name)
             except ImportError:
                 pass  # numpy is optional, and so is anything else preloaded for speed only
-        self.memory = _MemoryAccount.create(spec.get("memory_cgroup", True))
+        self.memory = _MemoryAccount.create(spec.get("cgroups", True))
+        self.cpu = _CpuAccount.create(spec.get("cgroups", True), self.memory)
+        if self.cpu.cgroup is None:
+            notes.append("no cgroup counts CPU time: children the kernel reaps unseen (SIGCHLD ignored) are not "
+                         "counted")  # fmt: skip
         if self.memory.cgroup is None:
             notes.append("no memory cgroup of its own: memory is the processes' PSS plus the shared memory behind "
                          "their descriptors and the private /tmp and /dev/shm")  # fmt: skip
@@ -561,6 +614,10 @@ class _Server:
             notes.append(
                 "not root: no uid of its own, so the process count is bounded only by the wall clock"
             )
+        self.seccomp = _seccomp_filter()
+        if self.seccomp is None:
+            notes.append(f"no system call filter on {os.uname().machine}: programs may use keyrings and make "
+                         "namespaces")  # fmt: skip
         if not _HAS_SCHEDSTAT:
             notes.append("no /proc/<pid>/schedstat: the wall-clock backstop does not stretch for starved programs")
         if self.mount_ns:  # every program's folder is the private /tmp: its environment is set here, once
@@ -576,6 +633,8 @@ class _Server:
             user_namespace=bool(flags & CLONE_NEWUSER),
             separate_uid=self.uid is not None,
             memory_cgroup=self.memory.cgroup is not None,
+            cpu_cgroup=self.cpu.cgroup is not None,
+            seccomp=self.seccomp is not None,
             notes=tuple(notes),
         )
         self._check_isolation()
@@ -641,6 +700,7 @@ class _Server:
         ctl_r, ctl_w = os.pipe()
         stdin_fd = _memfd(stdin) if stdin else os.open(os.devnull, os.O_RDONLY)
         self.memory.begin(limits.memory)
+        self.cpu.begin()
         start = time.monotonic()
         if self.pid_ns:
             self.kernel.unshare(CLONE_NEWPID)  # only the next child enters it; setns below resets that
@@ -707,7 +767,8 @@ class _Server:
             self._kill_leftovers()
         peak, over_memory = self.memory.end()
         total += _drain(open_fds, buffers, limits.output - total)
-        cpu = max(usage.ru_utime + usage.ru_stime, watch.cpu)  # killed processes were never waited for
+        # killed processes were never waited for, children reaped unseen are in no rusage: the cgroup has them all
+        cpu = max(usage.ru_utime + usage.ru_stime, watch.cpu, self.cpu.used())
         code = os.waitstatus_to_exitcode(wait_status)
         if status is None and (over_memory or peak > limits.memory):
             status, detail = "memory_limit", f"more than {limits.memory >> 20} MiB of memory"
@@ -898,66 +959,45 @@ def _tmpfs_state(folder: str) -> tuple:
 
 
 class _MemoryAccount:
-    """The memory a program holds, all of it: as root where a memory cgroup can be made, the kernel's own count for a
-    cgroup that holds the server and, while it runs, the program (forked into it for free): anonymous memory, page
-    tables, the program's pages in tmpfs, memfd and shared memory, and the kernel's limit kills it the moment it is
-    over. Otherwise (``cgroup`` None) the server counts proportional set sizes, the shared memory behind the
-    processes' descriptors, and what the private /tmp and /dev/shm hold (counted by their own tmpfs use, not here)."""
+    """The memory a program holds, all of it, where a memory cgroup can be made (as root, or delegated): the kernel's
+    own count for a cgroup that holds the server and, while it runs, the program (forked into it for free):
+    anonymous memory, page tables, the program's pages in tmpfs, memfd and shared memory, and the kernel's limit
+    stops it at the limit. Otherwise (``cgroup`` None) the server counts proportional set sizes, the shared memory
+    behind the processes' descriptors, and what the private /tmp and /dev/shm hold (by their own tmpfs use)."""
 
-    def __init__(self, cgroup: str | None = None, version: int = 0):
-        self.cgroup, self.version = cgroup, version
-        self.fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY) if cgroup else -1
+    def __init__(self, folder: str | None = None, version: int = 0):
+        self.cg, self.version = _CgroupFiles(folder), version
         self.base, self.events = 0, (0, 0)
-        self.files: dict[tuple[str, int], int] = {}
+
+    @property
+    def cgroup(self) -> str | None:
+        return self.cg.folder
 
     @classmethod
     def create(cls, wanted: bool) -> _MemoryAccount:
-        """A cgroup of this server's own, where its cgroup folder lets it make one (as root, or delegated)."""
         if not wanted:
             return cls()
         try:
-            parent, version = _own_memory_cgroup()
-            for stale in os.listdir(parent):  # servers that ended without their caller removing the folder
-                if stale.startswith("qrl-sandbox-"):
-                    try:
-                        os.rmdir(os.path.join(parent, stale))
-                    except OSError:
-                        pass
-            folder = os.path.join(parent, f"qrl-sandbox-{os.getppid()}-{os.urandom(4).hex()}")
-            os.mkdir(folder)
-            account = cls(folder, version)
-            account._write("cgroup.procs", "0")
-            try:  # the kernel's limit kills a program (1000), never us: needs CAP_SYS_RESOURCE, often missing
-                _write_file("/proc/self/oom_score_adj", "-1000")
-            except OSError:
-                pass
-            return account
+            parent, version = _own_cgroup("memory")
+            account = cls(_make_cgroup(parent), version)
         except (OSError, ValueError, LookupError):
             return cls()
-
-    def _file(self, name: str, flags: int) -> int:
-        """The cgroup's files stay open for the server's life: a read or write is one system call."""
-        key = (name, flags)
-        if key not in self.files:
-            self.files[key] = os.open(name, flags, dir_fd=self.fd)
-        return self.files[key]
-
-    def _read(self, name: str) -> str:
-        return os.pread(self._file(name, os.O_RDONLY), 4096, 0).decode()
-
-    def _write(self, name: str, value: str) -> None:
-        os.pwrite(self._file(name, os.O_WRONLY), value.encode(), 0)
+        try:  # the kernel's limit kills a program (1000), never us: needs CAP_SYS_RESOURCE, often missing
+            _write_file("/proc/self/oom_score_adj", "-1000")
+        except OSError:
+            pass
+        return account
 
     def _usage(self) -> int:
-        return int(self._read("memory.current" if self.version == 2 else "memory.usage_in_bytes"))
+        return int(self.cg.read("memory.current" if self.version == 2 else "memory.usage_in_bytes"))
 
     def _events(self) -> tuple[int, int]:
         """(times a charge met the limit, OOM kills): either means the program wanted more than its limit."""
         if self.version == 2:
-            events = dict(line.split() for line in self._read("memory.events").splitlines())
+            events = dict(line.split() for line in self.cg.read("memory.events").splitlines())
             return int(events.get("max", 0)), int(events.get("oom_kill", 0))
-        control = dict(line.split() for line in self._read("memory.oom_control").splitlines())
-        return int(self._read("memory.failcnt")), int(control.get("oom_kill", 0))
+        control = dict(line.split() for line in self.cg.read("memory.oom_control").splitlines())
+        return int(self.cg.read("memory.failcnt")), int(control.get("oom_kill", 0))
 
     def begin(self, limit: int) -> None:
         """Before a program is forked: what the server holds now is not the program's; the kernel stops it past
@@ -966,22 +1006,22 @@ class _MemoryAccount:
             return
         self.base, self.events = self._usage(), self._events()
         if self.version == 1:
-            self._write("memory.max_usage_in_bytes", "0")
-        self._write("memory.max" if self.version == 2 else "memory.limit_in_bytes", str(self.base + limit))
+            self.cg.write("memory.max_usage_in_bytes", "0")
+        self.cg.write("memory.max" if self.version == 2 else "memory.limit_in_bytes", str(self.base + limit))
 
     def over(self) -> bool:
         """Whether the program met its limit: the kernel holds it there, so usage alone never shows more."""
-        return self._events() != self.events
+        return self.cgroup is not None and self._events() != self.events
 
     def end(self) -> tuple[int, bool]:
         """Once the program's processes are gone: (its peak, whether it met its limit). The limit is lifted, so that
         the server itself never meets it."""
         if self.cgroup is None:
             return 0, False
-        self._write("memory.max" if self.version == 2 else "memory.limit_in_bytes",
-                    "max" if self.version == 2 else "-1")  # fmt: skip
-        peak = int(self._read("memory.peak")) if self.version == 2 else int(self._read("memory.max_usage_in_bytes"))
-        return max(0, peak - self.base), self._events() != self.events
+        self.cg.write("memory.max" if self.version == 2 else "memory.limit_in_bytes",
+                      "max" if self.version == 2 else "-1")  # fmt: skip
+        peak = int(self.cg.read("memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"))
+        return max(0, peak - self.base), self.over()
 
 
 def _write_file(path: str, text: str) -> None:
@@ -992,27 +1032,118 @@ def _write_file(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _own_memory_cgroup() -> tuple[str, int]:
-    """This process's memory cgroup folder and the cgroup version, where it can hold a folder of ours."""
+def _own_cgroup(controller: str) -> tuple[str, int]:
+    """This process's cgroup folder for ``controller`` ("memory" or "cpuacct") and the cgroup version: a v1
+    hierarchy of that controller, else the v2 folder (for memory, only where it delegates the controller to its
+    children; CPU time is counted in every v2 cgroup)."""
     with open("/proc/self/cgroup") as f:
         lines = [line.rstrip("\n").split(":", 2) for line in f]
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split() for line in f]
     for _id, controllers, path in lines:
-        if "memory" in controllers.split(","):
+        if controller in controllers.split(","):
             for m in mounts:
                 fstype = m[m.index("-") + 1]
-                if fstype == "cgroup" and "memory" in m[m.index("-") + 3].split(",") and m[3] == "/":
+                if fstype == "cgroup" and controller in m[m.index("-") + 3].split(",") and m[3] == "/":
                     return m[4] + path, 1
     for _id, controllers, path in lines:
         if _id == "0" and controllers == "":
             for m in mounts:
                 if m[m.index("-") + 1] == "cgroup2" and m[3] == "/":
                     folder = m[4] + path
-                    with open(os.path.join(folder, "cgroup.subtree_control")) as f:
-                        if "memory" in f.read().split():  # children of ours get the memory controller
-                            return folder, 2
-    raise LookupError("no memory cgroup")
+                    if controller == "memory":
+                        with open(os.path.join(folder, "cgroup.subtree_control")) as f:
+                            if "memory" not in f.read().split():
+                                break
+                    return folder, 2
+    raise LookupError(f"no {controller} cgroup")
+
+
+def _make_cgroup(parent: str) -> str:
+    """A cgroup folder of this server's own below ``parent``, with the server in it (its programs join by being
+    forked); folders of servers that ended without their caller removing them go first."""
+    for stale in os.listdir(parent):
+        if stale.startswith("qrl-sandbox-"):
+            try:
+                os.rmdir(os.path.join(parent, stale))
+            except OSError:
+                pass
+    folder = os.path.join(parent, f"qrl-sandbox-{os.getppid()}-{os.urandom(4).hex()}")
+    os.mkdir(folder)
+    try:
+        _write_file(os.path.join(folder, "cgroup.procs"), "0")
+    except OSError:
+        os.rmdir(folder)
+        raise
+    return folder
+
+
+class _CgroupFiles:
+    """A cgroup folder's files, kept open for the server's life: a read or a write is one system call."""
+
+    def __init__(self, folder: str | None):
+        self.folder = folder
+        self.fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if folder else -1
+        self.files: dict[tuple[str, int], int] = {}
+
+    def _file(self, name: str, flags: int) -> int:
+        key = (name, flags)
+        if key not in self.files:
+            self.files[key] = os.open(name, flags, dir_fd=self.fd)
+        return self.files[key]
+
+    def read(self, name: str) -> str:
+        return os.pread(self._file(name, os.O_RDONLY), 4096, 0).decode()
+
+    def write(self, name: str, value: str) -> None:
+        os.pwrite(self._file(name, os.O_WRONLY), value.encode(), 0)
+
+
+class _CpuAccount:
+    """CPU time of everything a program ran, from the cgroup that holds the server and, while it runs, the program:
+    children the kernel reaped unseen (``SIGCHLD`` ignored) are in no rusage and in no /proc entry, but in the
+    cgroup's count. The server's own CPU over the same span is taken off. ``cgroup`` None: no such count here."""
+
+    def __init__(self, folder: str | None = None, version: int = 0, owned: bool = False):
+        self.cg, self.version, self.owned = _CgroupFiles(folder), version, owned
+        self.base, self.server_base = 0, 0
+
+    @property
+    def cgroup(self) -> str | None:
+        return self.cg.folder
+
+    @classmethod
+    def create(cls, wanted: bool, memory: _MemoryAccount) -> _CpuAccount:
+        if not wanted:
+            return cls()
+        if memory.version == 2:  # one v2 cgroup holds the server: the memory folder counts CPU too
+            return cls(memory.cgroup, 2, owned=False)
+        try:
+            parent, version = _own_cgroup("cpuacct")
+            if version == 2 and memory.cgroup is None:
+                return cls(_make_cgroup(parent), 2, owned=True)
+            if version == 1:
+                return cls(_make_cgroup(parent), 1, owned=True)
+        except (OSError, ValueError, LookupError):
+            pass
+        return cls()
+
+    def _usage_ns(self) -> int:
+        if self.version == 2:
+            line = next(x for x in self.cg.read("cpu.stat").splitlines() if x.startswith("usage_usec "))
+            return int(line.split()[1]) * 1000
+        return int(self.cg.read("cpuacct.usage"))
+
+    def begin(self) -> None:
+        if self.cgroup is not None:
+            self.base, self.server_base = self._usage_ns(), time.process_time_ns()
+
+    def used(self) -> float:
+        """Seconds of CPU the program's processes used since ``begin``, all of them (0 without a cgroup)."""
+        if self.cgroup is None:
+            return 0.0
+        ours = time.process_time_ns() - self.server_base
+        return max(0, self._usage_ns() - self.base - ours) / 1e9
 
 
 def _held_shared_memory(pids: Iterable[int], seen: set[tuple[int, int]], private_tmp: bool) -> int:
@@ -1122,6 +1253,8 @@ def _drop_privileges(server: _Server) -> None:
     elif os.geteuid() == 0:  # root inside our user namespace: keep the uid, lose the powers
         k.drop_capabilities()
     k.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if server.seccomp is not None:
+        _install_seccomp(k, server.seccomp)
 
 
 def _exec_program(source: str) -> int:
@@ -1252,13 +1385,13 @@ class _Watch:
             for folder, base in self.tmpfs_base.items():
                 fs = os.statvfs(folder)
                 memory += max(0, fs.f_blocks - fs.f_bfree - base) * fs.f_frsize
-        self.cpu = max(self.cpu, cpu)
+        self.cpu = max(self.cpu, cpu, server.cpu.used())
         self.deadline = self.start + limits.wall + min(waited, limits.wall * limits.wall_stretch)
         self.interval = min(self.interval * 2, 0.05)
         self.next_check = time.monotonic() + self.interval
         if memory > limits.memory:
             return "memory_limit", f"more than {limits.memory >> 20} MiB of memory"
-        if cpu > limits.cpu_time:
+        if self.cpu > limits.cpu_time:
             return "timeout", f"CPU time limit of {limits.cpu_time:g}s"
         return None, ""
 
@@ -1288,7 +1421,9 @@ def _tree_usage(pids: Iterable[int], memory_limit: int, waits: bool) -> tuple[in
 
 
 def _longest_wait(pid: int) -> int:
-    """Nanoseconds the thread of ``pid`` that waited longest for a CPU spent waiting."""
+    """Nanoseconds the thread of ``pid`` that waited longest for a CPU spent waiting, among threads of the normal
+    policy at the normal priority: a thread set to idle, batch or a higher nice waits by its own choice (pinned to a
+    busy CPU it would wait without end, at no cost)."""
     longest = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -1296,6 +1431,10 @@ def _longest_wait(pid: int) -> int:
         return 0
     for tid in tids:
         try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[16] != "0" or fields[38] != "0":  # nice, policy (SCHED_NORMAL)
+                continue
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 longest = max(longest, int(f.read().split()[1]))
         except (OSError, IndexError, ValueError):

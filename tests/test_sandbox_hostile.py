@@ -293,7 +293,7 @@ MEMORY = Limits(cpu_time=8, wall_time=30, memory=256 << 20)
 @pytest.mark.parametrize("cgroup", [True, False])
 def test_memory_held_outside_the_resident_set_counts(cgroup: bool) -> None:
     cases = [MEMFD_MAPPED, MEMFD_OPEN, SHM_FILES] + ([MEMFD_IN_FLIGHT] if cgroup else [])
-    with Sandbox(workers=1, memory_cgroup=cgroup) as sb:
+    with Sandbox(workers=1, cgroups=cgroup) as sb:
         if cgroup and not sb.isolation.memory_cgroup:
             pytest.fail("no memory cgroup could be made here, as root: " + "; ".join(sb.isolation.notes))
         for source in cases:
@@ -341,3 +341,94 @@ def test_blocked_programs_cannot_stretch_their_limits() -> None:
         assert right.result().stdout == "45\n"
     for r in results:
         assert r.status == "timeout" and r.wall_time < 3.5, r
+
+
+def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
+    """A thread set to SCHED_IDLE and pinned to a busy CPU waits for it without end, at no cost: its wait is not
+    counted; a normal thread's is."""
+    import subprocess
+    import sys
+
+    import sandbox
+
+    waiter = textwrap.dedent("""
+        import os, sys, threading, time
+        os.sched_setaffinity(0, {0})
+        def spin():
+            if sys.argv[1] == "idle":
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            while True:
+                pass
+        threading.Thread(target=spin, daemon=True).start()
+        time.sleep(60)
+    """)
+    busy = subprocess.Popen([sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {0})\n"
+                             "end = time.time() + 3\nwhile time.time() < end: pass"])  # fmt: skip
+    waiters = {kind: subprocess.Popen([sys.executable, "-c", waiter, kind]) for kind in ("idle", "normal")}
+    try:
+        time.sleep(1.5)
+        waited = {kind: sandbox._longest_wait(p.pid) / 1e9 for kind, p in waiters.items()}
+    finally:
+        for p in [busy, *waiters.values()]:
+            p.kill()
+            p.wait()
+    assert waited["idle"] < 0.1 and waited["normal"] > 0.2, waited
+
+
+# ------------------------------------------------------------------------------------------------ CPU counted
+
+
+AUTOREAP = """
+import os, signal, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the kernel reaps the children: their CPU is in no rusage
+r, w = os.pipe()
+for i in range(8):                              # 8 x 0.5 s of CPU under a 2 s limit
+    if os.fork() == 0:
+        end = time.process_time() + 0.5
+        while time.process_time() < end:
+            pass
+        os.write(w, b"x")
+        os._exit(0)
+    if i % 2:
+        os.read(r, 1)
+        os.read(r, 1)
+print("done")
+"""
+
+
+def test_cpu_of_children_the_kernel_reaps_unseen_counts(box: Sandbox) -> None:
+    if not box.isolation.cpu_cgroup:
+        pytest.fail("no CPU cgroup could be made here, as root: " + "; ".join(box.isolation.notes))
+    r = run(box, AUTOREAP, Limits(cpu_time=2.0, wall_time=20))
+    assert r.status == "timeout" and "done" not in r.stdout and r.cpu_time >= 2.0, r
+    right = run(box, "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+                     "print('ok')", Limits(cpu_time=2.0, wall_time=20))  # fmt: skip
+    assert right.stdout == "ok\n" and 0.25 < right.cpu_time < 1.0, right  # the server's own CPU is not charged
+
+
+# ------------------------------------------------------------------------------------------------ system calls
+
+
+def test_no_keyrings_and_no_new_namespaces(box: Sandbox) -> None:
+    """The uid's keyring outlives the run (and the server); a user namespace gives every capability inside it. Both
+    are refused; threads, forks and subprocesses, which the same system calls serve, still work."""
+    source = """
+    import ctypes, os, subprocess, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = libc.syscall(248 if os.uname().machine == "x86_64" else 217, b"user", b"qrl-left", b"x", 1, -4)
+    print("add_key", key, ctypes.get_errno())
+    print("unshare", libc.unshare(0x10000000), ctypes.get_errno())
+    t = threading.Thread(target=lambda: None)
+    t.start(); t.join()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    print("fork", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    print(subprocess.run(["echo", "sub"], capture_output=True, text=True).stdout.strip())
+    """
+    if not box.isolation.seccomp:
+        pytest.fail("no system call filter on this machine: " + "; ".join(box.isolation.notes))
+    r = run(box, source)
+    assert r.exit_code == 0, r
+    assert r.stdout == "add_key -1 1\nunshare -1 1\nfork 7\nsub\n", r.stdout
+    assert_right_still_runs(box)
