@@ -362,8 +362,8 @@ def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
         threading.Thread(target=spin, daemon=True).start()
         time.sleep(60)
     """)
-    busy = subprocess.Popen([sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {0})\n"
-                             "end = time.time() + 3\nwhile time.time() < end: pass"])  # fmt: skip
+    spin = "import os, time\nos.sched_setaffinity(0, {0})\nend = time.time() + 3\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
     waiters = {kind: subprocess.Popen([sys.executable, "-c", waiter, kind]) for kind in ("idle", "normal")}
     try:
         time.sleep(1.5)
