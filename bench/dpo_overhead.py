@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COMMON = dict(batch_size=2, grad_accum=1, learning_rate=5e-5, beta=0.1, max_length=1024, lora_r=16, lora_alpha=32,
               lora_dropout=0.05, seed=42)
@@ -85,7 +84,7 @@ def main() -> None:
     parser.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)  # internal: run the plain TRL variant
     args = parser.parse_args()
     if args.base_model is None:
-        from embedded_model import ensure_embedded_model
+        from qrl.models.embedded import ensure_embedded_model
 
         args.base_model = str(ensure_embedded_model())
     if args.plain:

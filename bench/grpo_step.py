@@ -21,18 +21,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def run_variant(variant: str, model: str, steps: int, generations: int, completion_tokens: int, out: str) -> dict:
     """One variant in this process; prints its timings."""
     from datasets import Dataset
 
-    from problems import load_problems
-    from q_trl_training import build_grpo_trainer, build_prompt, load_tokenizer
-    from run_config import RL_SECTIONS, parse_config
-    from run_files import RunFolder
-    from train_rl import test_case_reward
+    from qrl.config.arguments import RL_SECTIONS, parse_config
+    from qrl.config.run_folder import RunFolder
+    from qrl.problems.core import load_problems
+    from qrl.training.paths import test_case_reward
+    from qrl.training.trl import build_grpo_trainer, build_prompt, load_tokenizer
 
     cfg = parse_config(RL_SECTIONS, [
         "--base_model", model, "--max_steps", str(steps), "--save_steps", str(steps * 10), "--eval_steps", "0",
@@ -88,7 +87,7 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
     if args.base_model is None:
-        from embedded_model import ensure_embedded_model
+        from qrl.models.embedded import ensure_embedded_model
 
         args.base_model = str(ensure_embedded_model())
     if args.variant:

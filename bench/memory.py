@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "memory.json"
 README = ROOT / "README.md"
 GIB = 1024**3
@@ -227,14 +226,14 @@ def _text_of(tokenizer, n_tokens: int, seed: int) -> str:
 
 def measure_one(row: dict, model_path: str, steps: int) -> dict:
     """One row in this process: build the trainer as the toolkit does, train, report peak memory."""
-    import torch  # noqa: F401  (imported before the baseline: libraries are not training memory)
     import peft  # noqa: F401
+    import torch  # noqa: F401  (imported before the baseline: libraries are not training memory)
     import trl  # noqa: F401
     from datasets import Dataset
 
-    from q_trl_training import build_dpo_trainer, build_grpo_trainer, load_tokenizer
-    from run_config import RL_SECTIONS, parse_config
-    from run_files import RunFolder
+    from qrl.config.arguments import RL_SECTIONS, parse_config
+    from qrl.config.run_folder import RunFolder
+    from qrl.training.trl import build_dpo_trainer, build_grpo_trainer, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     tmp = tempfile.mkdtemp()
@@ -383,7 +382,7 @@ def main() -> None:
         update_readme(saved["rows"], saved["machine"])
         return
     if args.base_model is None:
-        from embedded_model import ensure_embedded_model
+        from qrl.models.embedded import ensure_embedded_model
 
         args.base_model = str(ensure_embedded_model())
     if args.child:

@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = {"ppo": ["--ppo_epochs", "4"], "ppo_1_epoch": ["--ppo_epochs", "1"], "grpo": []}
 
 
 def options(model: str, steps: int, tokens: int, variant: str):
-    from run_config import RL_SECTIONS, parse_config
+    from qrl.config.arguments import RL_SECTIONS, parse_config
 
     algorithm = "grpo" if variant == "grpo" else "ppo"
     # PPO: 2 x 2 answers per step, one per prompt; GRPO: a batch of 4 = one group of 4 answers to one prompt
@@ -53,10 +52,17 @@ def options(model: str, steps: int, tokens: int, variant: str):
 def run_variant(variant: str, model: str, steps: int, tokens: int, out: str) -> dict:
     from datasets import Dataset
 
-    from problems import load_problems
-    from q_trl_training import PPOTrainer, build_grpo_trainer, build_prompt, load_tokenizer, peft_config, ppo_config
-    from run_files import RunFolder
-    from train_rl import test_case_reward
+    from qrl.config.run_folder import RunFolder
+    from qrl.problems.core import load_problems
+    from qrl.training.paths import test_case_reward
+    from qrl.training.trl import (
+        PPOTrainer,
+        build_grpo_trainer,
+        build_prompt,
+        load_tokenizer,
+        peft_config,
+        ppo_config,
+    )
 
     cfg = options(model, steps, tokens, variant)
     problems = [p for p in load_problems(ROOT / "data" / "problems" / "python.jsonl") if p.split == "train"]
@@ -141,7 +147,7 @@ def main() -> None:
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.base_model is None:
-        from embedded_model import ensure_embedded_model
+        from qrl.models.embedded import ensure_embedded_model
 
         args.base_model = str(ensure_embedded_model())
     if args.child:

@@ -29,9 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from code_quality import QualityConfig, python_quality, q_quality, ruff_command
+from qrl.rewards.quality import QualityConfig, python_quality, q_quality, ruff_command
 
 IMPORTS = ["import math", "import os", "import sys", "from collections import Counter, defaultdict",
            "from typing import List, Optional", "import itertools"]

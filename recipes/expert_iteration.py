@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # recipe_report also puts the toolkit's modules on the path
 import pool_passing
 from recipe_report import RecipeArguments, parse_recipe
 
-from run_files import RunFolder
+from qrl.config.run_folder import RunFolder
 
 # Mining: every pair kept (--mine_max_pairs 0), so that every passing answer with a failing one beside it is found.
 MINE_FLAGS = ["--mine_only", "--mine_samples", "6", "--mine_max_pairs", "0", "--temperature", "0.8",

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # recipe_report also puts the toolkit's modules on the path
 from recipe_report import RecipeArguments, parse_recipe

@@ -21,10 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
-from data_loading import DataError, UserError, atomic_write, check_writable, read_records, require_fields
-from reward_model import completion_text
+from qrl.data.records import DataError, UserError, atomic_write, check_writable, read_records, require_fields
+from qrl.rewards.scoring import completion_text
 
 
 @dataclass

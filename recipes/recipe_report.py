@@ -23,10 +23,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the toolkit's modules, from a checkout
 
-from data_loading import atomic_write
-from reward_model import summarize_samples
+from qrl.data.records import atomic_write
+from qrl.rewards.scoring import summarize_samples
 
 # The recipes' evaluation: sampled pass@1 over n answers a problem is steadier than one greedy answer on a few dozen
 # problems; --seed (42 unless given) seeds the draws, so that the models before and after draw the same numbers.
@@ -64,13 +63,12 @@ def parse_recipe(arguments: type, script: str, doc: str, argv: list[str] | None)
     ``--`` (or not the recipe's) go to every run_rl.py step."""
     from transformers import HfArgumentParser
 
-    from run_config import PROJECT_DIR
+    from qrl.resources import shipped_path
 
     parser = HfArgumentParser(arguments, description=doc.split("\n\n")[0])
     args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     root = Path(args.output_dir) / args.name
-    if not Path(args.problems).exists() and (PROJECT_DIR / args.problems).exists():
-        args.problems = str(PROJECT_DIR / args.problems)  # the shipped problems, from any folder
+    args.problems = str(shipped_path(args.problems))  # the shipped problems, from any folder
     for name in args.counts:  # checked before an hour of runs, not when a step fails
         if getattr(args, name) < 1:
             print(f"{script}.py: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
@@ -140,8 +138,10 @@ class RecipeRun:
     def run_rl(self, label: str, argv: list[str], model: str | None) -> Path:
         """A run_rl.py run in the recipe's folder (the flags after the recipe's ``--`` last, so that they win).
         Under --resume, a run an earlier invocation finished is reused."""
-        import run_rl
-        from run_files import RunFolder  # transformers comes with it: not at import, for the report command
+        from qrl.cli import rl
+        from qrl.config.run_folder import (
+            RunFolder,  # transformers comes with it: not at import, for the report command
+        )
 
         folder = RunFolder(self.root / label)
         if self.resume and folder.root.exists():
@@ -153,7 +153,7 @@ class RecipeRun:
             if kind != "eval":  # an evaluation adds to its folder; a training goes on from its last checkpoint
                 latest = kind == "train" and folder.latest_checkpoint()
                 argv = [*argv, *(["--resume_from_checkpoint", "latest"] if latest else ["--overwrite_output_dir"])]
-        self.command("run_rl.py", run_rl.main, [*argv, *self.extra, "--output_dir", str(self.root), "--experiment_name",
+        self.command("run_rl.py", rl, [*argv, *self.extra, "--output_dir", str(self.root), "--experiment_name",
                                                 label, *(["--base_model", model] if model else [])], label)
         return self.root / label
 
@@ -174,7 +174,7 @@ class RecipeRun:
 
     def finish(self, report_path: str, argv: list[str] | None, settings: dict[str, Any], **more: Any) -> None:
         """The report, at report_path and beside the runs (results/<name>.json), with its plot."""
-        from sandbox import default_workers
+        from qrl.execution.sandbox import default_workers
 
         report = compare(self.evals, self.trainings)
         report.update({
@@ -197,7 +197,7 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
     (passed or failed, not a syntax error, crash or timeout). The model's name is the run's own."""
     model = json.loads((folder / "logs" / "eval_results.json").read_text())["steps"][-1].get("model")
     per_problem: dict[str, dict[str, float]] = {}
-    from run_files import RunFolder
+    from qrl.config.run_folder import RunFolder
 
     (samples,) = RunFolder(folder).eval_samples()
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     """The report of a recipe run as separate commands (the GPU recipe): --eval_only folders and training runs."""
     import argparse
 
-    from run_files import RunFolder
+    from qrl.config.run_folder import RunFolder
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--evals", nargs="+", required=True, help="--eval_only run folders, the starting model first")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-import sandbox
+from qrl.execution import sandbox
 
 
 def program_processes(box: sandbox.Sandbox) -> set[int]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import code_quality
-from code_quality import QualityConfig, QualityError, python_quality, q_quality, quality
+from qrl.rewards import quality as code_quality
+from qrl.rewards.quality import QualityConfig, QualityError, python_quality, q_quality, quality
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def test_dispatch_on_language():
 
 
 def test_import_stays_light():
-    probe = "import sys, code_quality; print([m for m in ('torch', 'transformers', 'trl') if m in sys.modules])"
+    probe = "import sys; from qrl.rewards import quality; print([m for m in ('torch', 'transformers', 'trl') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

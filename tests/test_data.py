@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import problems
-from data_loading import load_preferences
-from reward_model import TestCaseReward
-from sandbox import default_workers
+from qrl.data.records import load_preferences
+from qrl.execution.sandbox import default_workers
+from qrl.problems import core as problems
+from qrl.rewards.scoring import TestCaseReward
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PYTHON = DATA / "problems" / "python.jsonl"

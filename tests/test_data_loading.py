@@ -1,9 +1,9 @@
 import json
 
 import pytest
-
 from conftest import preference_rows, write_jsonl
-from data_loading import DataError, load_preferences, read_records
+
+from qrl.data.records import DataError, load_preferences, read_records
 
 
 def test_jsonl_json_parquet_and_saved_dataset_read_alike(tmp_path):

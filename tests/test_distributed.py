@@ -38,9 +38,9 @@ def accelerate_launch(config: str, argv: list[str], cwd: Path) -> subprocess.Com
 
 def kill_after_first_checkpoint(config: str, argv: list[str], cwd: Path, run: Path) -> None:
     """Start a run and SIGKILL the launcher and both ranks as soon as a checkpoint is complete."""
-    from run_files import RunFolder
-
     import psutil
+
+    from qrl.config.run_folder import RunFolder
 
     with open(cwd / "killed_run.log", "w") as log:
         proc = subprocess.Popen(launch_command(config, argv), cwd=cwd, stdout=log, stderr=log)
@@ -83,7 +83,7 @@ def two_process_dpo_killed_then_resumed(config: str, dpo_argv: list[str], tmp_pa
     argv = [*dpo_argv, "--batch_size", "1", "--max_steps", "60", "--eval_steps", "30", "--save_total_limit", "2"]
     run = tmp_path / "out" / "t"
     kill_after_first_checkpoint(config, argv, tmp_path, run)
-    from run_files import RunFolder
+    from qrl.config.run_folder import RunFolder
 
     latest = RunFolder(run).latest_checkpoint()
     killed_at = int(latest.name.split("-")[1])
@@ -159,9 +159,9 @@ def test_grpo_under_zero3_evaluates_with_unequal_shares(grpo_argv, tmp_path):
 
 def test_each_rank_starts_its_share_of_sandbox_workers(grpo_argv, monkeypatch):
     """Not every rank a full pool: --workers (default: all cores) is divided among the processes of a node."""
-    from problems import load_problems
-    from run_config import RL_SECTIONS, parse_config
-    from train_rl import test_case_reward
+    from qrl.config.arguments import RL_SECTIONS, parse_config
+    from qrl.problems.core import load_problems
+    from qrl.training.paths import test_case_reward
 
     cfg = parse_config(RL_SECTIONS, grpo_argv + ["--workers", "4"])
     problems = load_problems(cfg.data.train_data)

@@ -2,8 +2,8 @@ import subprocess
 
 import pytest
 
-import embedded_model
-from run_config import RL_SECTIONS, parse_config
+from qrl.config.arguments import RL_SECTIONS, parse_config
+from qrl.models import embedded as embedded_model
 
 
 def test_cache_location_follows_qrl_cache(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_failed_fetch_is_a_clear_error_and_leaves_no_cache(tmp_path, monkeypatch
 @pytest.mark.skipif(not embedded_model.is_cached(), reason="embedded model not cached: run `make model` once")
 def test_dpo_steps_on_the_embedded_model(tmp_path):
     """The slow one: the real default model, through the default (shipped) preference data."""
-    from train_rl import train
+    from qrl.training.paths import train
 
     folder = train(parse_config(RL_SECTIONS, [
         "--use_dpo", "--output_dir", str(tmp_path), "--max_steps", "2", "--save_steps", "2", "--eval_steps", "0",

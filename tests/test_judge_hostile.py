@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
-import problems
-from reward_model import CompositeReward, Sample, ScoreResult, TestCaseReward, Timing
-from sandbox import Limits
+from qrl.execution.sandbox import Limits
+from qrl.problems import core as problems
+from qrl.rewards.scoring import CompositeReward, Sample, ScoreResult, TestCaseReward, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import problem_rows, write_jsonl
-from data_loading import UserError
-from problems import load_problems
-from reward_model import CompositeReward, LearnedReward, Sample, TestCaseReward
+
+from qrl.data.records import UserError
+from qrl.problems.core import load_problems
+from qrl.rewards.scoring import CompositeReward, LearnedReward, Sample, TestCaseReward
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_inside_the_composite_reward(tiny_reward_model, problem_file):
     task = problems[0]
     answer = f"```python\n{task.reference}\n```"
     learned = LearnedReward(str(tiny_reward_model), problems)
-    from run_config import RewardArguments
+    from qrl.config.arguments import RewardArguments
 
     with TestCaseReward(problems, weights=RewardArguments(reward_learned=0.5), workers=1) as tests:
         plain = CompositeReward(tests).score_samples([Sample(answer, task.task_id)])[0]
@@ -84,8 +84,8 @@ def test_score_command_with_a_reward_model(tiny_reward_model, tiny_model, proble
 
 def test_ppo_on_the_test_case_path_and_the_learned_term(tiny_model, tiny_reward_model, problem_file, tmp_path):
     """--rl_algorithm ppo: the same problems, prompts and composite reward as GRPO, optimised with PPO."""
-    from run_config import RL_SECTIONS, parse_config
-    from train_rl import train
+    from qrl.config.arguments import RL_SECTIONS, parse_config
+    from qrl.training.paths import train
 
     argv = ["--base_model", str(tiny_model), "--train_data", str(problem_file), "--output_dir", str(tmp_path),
             "--experiment_name", "ppo", "--rl_algorithm", "ppo", "--max_steps", "1", "--batch_size", "2",

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from reward_model import LearnedReward
-from q_trl_training import (
+from qrl.config.arguments import RL_SECTIONS, parse_config
+from qrl.rewards.scoring import LearnedReward
+from qrl.training.paths import _prepare, run_ppo, train
+from qrl.training.trl import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
@@ -20,8 +22,6 @@ from q_trl_training import (
     masked_whiten,
     token_rewards,
 )
-from run_config import RL_SECTIONS, parse_config
-from train_rl import run_ppo, train, _prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 T = torch.tensor

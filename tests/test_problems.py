@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import harness
-import problems
-from data_loading import DataError, UserError
-from problems import AssertTest, CallTest, IOTest
+from qrl.data.records import DataError, UserError
+from qrl.execution import harness
+from qrl.problems import core as problems
+from qrl.problems.core import AssertTest, CallTest, IOTest
 
 QRL = {
     "task_id": "py/017_run_length_encode",
@@ -317,7 +317,7 @@ def test_unpack_rejects_garbage(garbage: object) -> None:
 
 
 def test_harness_report_fd_matches_the_sandbox() -> None:
-    import sandbox
+    from qrl.execution import sandbox
 
     assert harness.REPORT_FD == sandbox.REPORT_FD
 

@@ -21,11 +21,11 @@ import pytest
 from q_standin import Q_STANDIN_NAME, build_pykx_standin, build_q_standin
 from sandbox_helpers import wait_until_idle
 
-import problems
-import q_language
-from data_loading import DataError, Record, UserError
-from reward_model import TestCaseReward
-from sandbox import Sandbox
+from qrl.data.records import DataError, Record, UserError
+from qrl.execution.sandbox import Sandbox
+from qrl.languages import q as q_language
+from qrl.problems import core as problems
+from qrl.rewards.scoring import TestCaseReward
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_Q = shutil.which("q")
@@ -61,7 +61,7 @@ def use_standin(standin: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 @pytest.fixture(scope="module")
 def box(shared_dir: Path) -> Iterator[Sandbox]:
     """One sandbox for the module; scorers borrow it (see ``scorer``)."""
-    with Sandbox(2, preload=["harness", "q_language"], expose=[str(shared_dir)]) as sandbox:
+    with Sandbox(2, preload=["qrl.execution.harness", "qrl.languages.q"], expose=[str(shared_dir)]) as sandbox:
         yield sandbox
 
 
@@ -230,7 +230,7 @@ def test_q_code_extraction(answer: str, code: str) -> None:
 def test_the_prompt_names_the_function_to_write(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from q_trl_training import build_prompt
+    from qrl.training.trl import build_prompt
 
     chat = SimpleNamespace(chat_template="{{ messages }}")
     (content,) = (m["content"] for m in build_prompt(q_humaneval(tmp_path), chat))
@@ -265,8 +265,8 @@ def test_missing_q_fails_at_start_in_one_line(sum_problem: problems.Problem, tmp
     with pytest.raises(UserError) as error:
         TestCaseReward([sum_problem], workers=1)
     assert str(error.value) == q_language.Q_NOT_FOUND
-    from run_config import Config, RewardArguments
-    from train_rl import test_case_reward
+    from qrl.config.arguments import Config, RewardArguments
+    from qrl.training.paths import test_case_reward
 
     cfg = Config({"rewards": RewardArguments(q_binary=str(tmp_path / "q"), workers=1)})
     with pytest.raises(UserError, match=r"--q_binary .*/q: no executable file there; q interpreter not found"):
@@ -364,7 +364,7 @@ def test_left_behind_processes_die_before_the_judge(use_standin: Path, box: Sand
     with a pid namespace, or a uid of its own, it is dead before the judge starts; it never outlives the run."""
     msml_folder(tmp_path / "q", "six", [("1", "6"), ("2", "6"), ("3", "6")])
     (problem,) = problems.load_problems(tmp_path / "q")
-    sandbox = box if namespaces else Sandbox(2, preload=["q_language"], namespaces=False, expose=[str(shared_dir)])
+    sandbox = box if namespaces else Sandbox(2, preload=["qrl.languages.q"], namespaces=False, expose=[str(shared_dir)])
     try:
         start = time.monotonic()
         result = score_one(scorer([problem], sandbox), problem, "solve:{.qrl.daemon[]}")
@@ -604,7 +604,7 @@ def test_stand_in_is_named_as_one(standin: Path) -> None:
 
 def test_composite_reward_scores_q_quality(use_standin: Path, box: Sandbox, sum_problem: problems.Problem) -> None:
     """The default path's reward on a Q problem: test cases through q, quality from the Q rules."""
-    from reward_model import CompositeReward, Sample
+    from qrl.rewards.scoring import CompositeReward, Sample
 
     composite = CompositeReward(scorer([sum_problem], box))
     commented, bare = composite.score_samples([

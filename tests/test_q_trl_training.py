@@ -1,9 +1,9 @@
 import pytest
 
-from data_loading import UserError
-from q_trl_training import peft_config, resolve_base_model, trl_arguments
-from run_config import RL_SECTIONS, parse_config
-from run_files import RunFolder
+from qrl.config.arguments import RL_SECTIONS, parse_config
+from qrl.config.run_folder import RunFolder
+from qrl.data.records import UserError
+from qrl.training.trl import peft_config, resolve_base_model, trl_arguments
 
 
 def test_specification_names_map_onto_trl(tmp_path):
@@ -43,7 +43,7 @@ def test_model_resolution(tmp_path, tiny_model):
 
 from types import SimpleNamespace  # noqa: E402
 
-from q_trl_training import build_grpo_trainer, build_prompt, check_vllm, prompt_text, truncate_prompt  # noqa: E402
+from qrl.training.trl import build_grpo_trainer, build_prompt, check_vllm, prompt_text, truncate_prompt  # noqa: E402
 
 
 def problem(prompt="Write a Python function `add(a, b)` returning a + b.", language="python", joins=False):
@@ -52,7 +52,7 @@ def problem(prompt="Write a Python function `add(a, b)` returning a + b.", langu
 
 
 def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
-    from q_trl_training import load_tokenizer
+    from qrl.training.trl import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     chat = build_prompt(problem(), tok)
@@ -66,7 +66,7 @@ def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
 
 
 def test_truncation_cuts_from_the_left_and_keeps_the_end(tiny_model):
-    from q_trl_training import load_tokenizer
+    from qrl.training.trl import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     long = problem("blah " * 300 + "Write a Python function `add(a, b)`.")
@@ -81,7 +81,7 @@ def test_sampling_shows_progress_only_when_labelled(tiny_model, capsys):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from q_trl_training import load_tokenizer, sample_completions
+    from qrl.training.trl import load_tokenizer, sample_completions
 
     tok = load_tokenizer(str(tiny_model))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
@@ -112,7 +112,7 @@ def test_use_vllm_without_vllm_is_a_clear_error(monkeypatch):
 def grpo_trainer(tiny_model, tmp_path, reward, extra=()):
     from datasets import Dataset
 
-    from q_trl_training import load_tokenizer
+    from qrl.training.trl import load_tokenizer
 
     cfg = parse_config(RL_SECTIONS, ["--max_steps", "1", "--batch_size", "8", "--gradient_accumulation_steps", "1",
                                      "--num_generations", "4", "--max_completion_length", "8", "--kl_coef", "0.3",

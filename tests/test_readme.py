@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from run_config import RL_SECTIONS, options_markdown
+from qrl.config.arguments import RL_SECTIONS, options_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -11,4 +11,4 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_options_table_matches_the_dataclasses():
     text = README.read_text()
     table = re.search(r"<!-- options:start.*?-->\n(.*?)\n<!-- options:end -->", text, re.S).group(1)
-    assert table == options_markdown(RL_SECTIONS), "regenerate with: python run_config.py"
+    assert table == options_markdown(RL_SECTIONS), "regenerate with: python -m qrl.config.arguments"

@@ -139,7 +139,7 @@ def test_recipes_refuse_bad_counts_before_running_anything(recipe, flag, tmp_pat
 def test_recipes_find_the_shipped_problems_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = parse_recipe(RecipeArguments, "recipe", "Doc.", [])[1]
-    assert Path(run.problems) == Path(__file__).resolve().parent.parent / "data" / "problems"
+    assert Path(run.problems).resolve() == (Path(__file__).resolve().parent.parent / "data" / "problems").resolve()
     (tmp_path / "data" / "problems").mkdir(parents=True)  # a folder of the user's own, of the same name, wins
     assert parse_recipe(RecipeArguments, "recipe", "Doc.", ["--name", "other"])[1].problems == "data/problems"
 
@@ -235,7 +235,7 @@ def test_gpu_grpo_recipe_plumbing_tiny(tiny_model, tmp_path):
 
     rows = problem_rows(2)
     rows[1] = {**rows[1], "split": "eval"}
-    env = {**os.environ, "MODEL": str(tiny_model), "OUT": str(tmp_path / "out"), "NUM_PROCESSES": "1",
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "MODEL": str(tiny_model), "OUT": str(tmp_path / "out"), "NUM_PROCESSES": "1",
            "PROBLEMS": str(write_jsonl(tmp_path / "problems.jsonl", rows)),
            "GRPO": "--max_steps 1 --save_steps 1 --eval_steps 0 --batch_size 2 --num_generations 2",
            "EVAL": "--eval_num_samples 2",

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
-import problems
-from data_loading import UserError
-from reward_model import (
+from qrl.data.records import UserError
+from qrl.execution.sandbox import Isolation, Limits, RunResult
+from qrl.problems import core as problems
+from qrl.rewards.scoring import (
     STATUSES,
     CalibrationCache,
     ScoreResult,
@@ -30,7 +31,6 @@ from reward_model import (
     pass_at_k,
     pass_at_k_table,
 )
-from sandbox import Isolation, Limits, RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def test_pass_at_k_table_uses_every_k_the_samples_allow() -> None:
 
 
 def test_reward_weights_come_from_the_config_rewards_section(tmp_path: Path) -> None:
-    from run_config import RL_SECTIONS, ConfigError, parse_config
+    from qrl.config.arguments import RL_SECTIONS, ConfigError, parse_config
 
     config = tmp_path / "c.yaml"
     config.write_text("rewards:\n  reward_partial: 1\n  reward_pass: 0\n")
@@ -499,8 +499,8 @@ def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
 # --- the composite reward (test cases plus code quality) -------------------------------------------------------
 
 def composite_problem():
-    from data_loading import Record
-    from problems import parse_problem
+    from qrl.data.records import Record
+    from qrl.problems.core import parse_problem
 
     row = {"task_id": "py/sq", "language": "python", "prompt": "Write `square(x)` returning x*x.",
            "entry_point": "square", "reference_solution": "def square(x):\n    return x * x\n",
@@ -514,9 +514,9 @@ COMPOSITE_WRONG = '```python\ndef square(x):\n    """Return x squared, for any n
 
 
 def test_composite_weights_quality_on_top_of_test_cases():
-    from code_quality import QualityConfig
-    from reward_model import CompositeReward, Sample, TestCaseReward
-    from run_config import RewardArguments
+    from qrl.config.arguments import RewardArguments
+    from qrl.rewards.quality import QualityConfig
+    from qrl.rewards.scoring import CompositeReward, Sample, TestCaseReward
 
     weights = RewardArguments(reward_time=0.0, reward_quality=0.4)
     with TestCaseReward([composite_problem()], weights=weights, workers=1) as tests:
@@ -533,7 +533,7 @@ def test_composite_weights_quality_on_top_of_test_cases():
 
 
 def test_composite_logs_every_component_by_name_and_keeps_none_for_infra_errors():
-    from reward_model import CompositeReward, ScoreResult, TestCaseReward
+    from qrl.rewards.scoring import CompositeReward, ScoreResult, TestCaseReward
 
     logged = {}
     with TestCaseReward([composite_problem()], workers=1) as tests:

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from run_config import RL_SECTIONS, ConfigError, build_parser, parse_config, validate_training
+from qrl.config.arguments import RL_SECTIONS, ConfigError, build_parser, parse_config, validate_training
 
 
 def write(tmp_path, text):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from data_loading import UserError
-from run_files import RunFolder, atomic_write
+from qrl.config.run_folder import RunFolder, atomic_write
+from qrl.data.records import UserError
 
 
 def make_checkpoint(folder, step, complete=True):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
-import sandbox
-from sandbox import Limits, Program, RunResult, Sandbox, SandboxError
+from qrl.execution import sandbox
+from qrl.execution.sandbox import Limits, Program, RunResult, Sandbox, SandboxError
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = Limits(cpu_time=0.5, wall_time=2.0)
@@ -387,7 +387,7 @@ def test_without_namespaces_programs_still_end_and_clean_up(plain: Sandbox) -> N
 UNPRIVILEGED = """
 import json, sys
 sys.path.insert(0, {root!r})
-from sandbox import Limits, Program, Sandbox
+from qrl.execution.sandbox import Limits, Program, Sandbox
 with Sandbox(workers=1) as box:
     runs = [box.run(Program(src, limits=Limits(cpu_time=0.5, wall_time=2))) for src in {sources!r}]
     print(json.dumps({{"isolation": box.isolation.describe(), "uid": box.isolation.user_namespace,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Limits, Program, RunResult, Sandbox
+from qrl.execution.sandbox import Limits, Program, RunResult, Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = Limits(cpu_time=2.0, wall_time=5.0)
@@ -34,7 +34,7 @@ def assert_right_still_runs(box: Sandbox) -> None:
 def secret_files() -> dict[str, str]:
     """Files an answer would like to read: expected values in the project, a cache, /var/tmp, the caller's /tmp."""
     token = uuid.uuid4().hex
-    home = Path(os.path.expanduser("~/.cache/q-rl-test-secret"))
+    home = Path(os.path.expanduser(f"~/.cache/q-rl-test-secret-{token}"))
     places = {
         "project": ROOT / f"secret-{token}.jsonl",
         "cache": home / f"{token}.json",
@@ -349,7 +349,7 @@ def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
     import subprocess
     import sys
 
-    import sandbox
+    from qrl.execution import sandbox
 
     waiter = textwrap.dedent("""
         import os, sys, threading, time
@@ -372,7 +372,8 @@ def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
         for p in [busy, *waiters.values()]:
             p.kill()
             p.wait()
-    assert waited["idle"] < 0.1 and waited["normal"] > 0.2, waited
+    # both main threads waited a little to start on the busy CPU; only the normal spinning thread waits on
+    assert waited["normal"] > 0.2 and waited["normal"] > 3 * waited["idle"], waited
 
 
 # ------------------------------------------------------------------------------------------------ CPU counted

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from data_loading import UserError
-from run_config import RL_SECTIONS, parse_config
-from train_rl import train
+from qrl.config.arguments import RL_SECTIONS, parse_config
+from qrl.data.records import UserError
+from qrl.training.paths import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
@@ -67,8 +67,8 @@ def test_memory_options_reach_trl(tmp_path):
     import torch
     from trl import DPOConfig, GRPOConfig
 
-    from q_trl_training import generation_arguments, trl_arguments
-    from run_files import RunFolder
+    from qrl.config.run_folder import RunFolder
+    from qrl.training.trl import generation_arguments, trl_arguments
 
     cfg = cfg_of(["--optim", "adafactor", "--torch_compile", "--vllm_gpu_memory_utilization", "0.5",
                   "--vllm_server_base_url", "http://h:8000", "--vllm_tensor_parallel_size", "2",
@@ -86,7 +86,7 @@ def test_memory_options_reach_trl(tmp_path):
 def test_qlora_loads_4bit_nf4_in_the_compute_dtype():
     import torch
 
-    from q_trl_training import model_init_kwargs
+    from qrl.training.trl import model_init_kwargs
 
     kwargs = model_init_kwargs(cfg_of(["--load_in_4bit", "--bf16"]))
     q = kwargs["quantization_config"]
@@ -146,10 +146,11 @@ def test_another_optimizer_trains(dpo_argv, tmp_path):
 
 def test_final_model_through_the_fsdp_path_is_merged(dpo_argv, monkeypatch):
     """FSDP needs GPUs, so its way of saving (the Trainer gathers, the main process merges) runs here in one process."""
-    import q_trl_training
-    import train_rl
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
+
+    from qrl.training import paths as train_rl
+    from qrl.training import trl as q_trl_training
 
     monkeypatch.setattr(train_rl, "save_final_model", q_trl_training._save_final_sharded)
     folder = train(cfg_of(dpo_argv + ["--max_steps", "2", "--eval_steps", "0"]))

@@ -6,10 +6,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import preference_rows, write_jsonl
-from data_loading import DataError, Record
-from reward_data import (
+
+from qrl.config.arguments import (
+    REWARD_MODEL_CONFIG,
+    REWARD_MODEL_SECTIONS,
+    RL_SECTIONS,
+    ModelArguments,
+    build_parser,
+    parse_config,
+)
+from qrl.data.preferences import (
     ScoredAnswer,
     corruptions,
     demonstration_pairs,
@@ -18,15 +25,9 @@ from reward_data import (
     ranking_pairs,
     split_by_prompt,
 )
-from run_config import (
-    REWARD_MODEL_CONFIG,
-    REWARD_MODEL_SECTIONS,
-    RL_SECTIONS,
-    ModelArguments,
-    build_parser,
-    parse_config,
-)
-from train_reward_model import main, parse_options, train_reward_model
+from qrl.data.records import DataError, Record
+from qrl.cli import reward_model as main
+from qrl.training.reward_models import parse_options, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,8 +145,8 @@ def test_reward_model_on_pairs_writes_the_run_folder(rm_argv, preference_file):
     # the reward function scores exactly the tokens the trainer trained on
     from trl.data_utils import _tokenize
 
-    from q_trl_training import reward_model_texts
-    from reward_model import LearnedReward
+    from qrl.rewards.scoring import LearnedReward
+    from qrl.training.trl import reward_model_texts
 
     reward = LearnedReward(str(folder.final_model))
     row = preference_rows(1)[0]
@@ -241,10 +242,10 @@ def test_mined_pairs_train_a_reward_model(rm_argv, problems_file):
 
 
 def test_mined_pairs_for_dpo_and_a_harvest_of_nothing(tiny_model, problems_file, tmp_path):
-    import mining
-    from reward_data import ScoredAnswer
-    from run_config import RL_SECTIONS
-    from train_rl import train
+    from qrl.config.arguments import RL_SECTIONS
+    from qrl.data.preferences import ScoredAnswer
+    from qrl.training import mining
+    from qrl.training.paths import train
 
     argv = ["--use_dpo", "--base_model", str(tiny_model), "--mine_pairs_from", str(problems_file),
             "--mine_samples", "2", "--mine_with_reference", "--max_completion_length", "8", "--output_dir",
@@ -268,10 +269,11 @@ def test_mined_pairs_for_dpo_and_a_harvest_of_nothing(tiny_model, problems_file,
 
 def test_mining_never_samples_held_out_problems(tiny_model, tmp_path):
     """Problems in the 'eval' split are held out: mining (for DPO or a reward model) never sees them."""
-    import mining
     from conftest import problem_rows
-    from reward_data import ScoredAnswer
-    from run_config import RL_SECTIONS
+
+    from qrl.config.arguments import RL_SECTIONS
+    from qrl.data.preferences import ScoredAnswer
+    from qrl.training import mining
 
     rows = problem_rows(3)
     rows[1] = {**rows[1], "split": "eval"}
@@ -294,8 +296,8 @@ def test_mining_never_samples_held_out_problems(tiny_model, tmp_path):
 
 def test_mine_only_writes_the_pairs_and_no_model(tiny_model, problems_file, tmp_path, rm_argv):
     """--mine_only (both scripts): the run folder holds the config and the mined pairs; nothing is trained."""
-    from run_config import RL_SECTIONS
-    from train_rl import train
+    from qrl.config.arguments import RL_SECTIONS
+    from qrl.training.paths import train
 
     mine = ["--mine_pairs_from", str(problems_file), "--mine_samples", "2", "--mine_with_reference",
             "--max_completion_length", "8", "--mine_only"]

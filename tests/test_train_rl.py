@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from run_config import RL_SECTIONS, parse_config
-from train_rl import method_of, train
-from data_loading import UserError
+from qrl.config.arguments import RL_SECTIONS, parse_config
+from qrl.data.records import UserError
+from qrl.training.paths import method_of, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,8 +42,8 @@ def test_dpo_run_writes_the_full_run_folder(dpo_argv, tmp_path):
     saved = parse_config(RL_SECTIONS, ["--config", str(folder.config_yaml)])
     assert saved.model.max_steps == 4 and saved.run.use_dpo and saved.data.preference_data == dpo_argv[4]
 
-    from transformers import AutoModelForCausalLM
     from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(folder.final_model)  # merged: an ordinary checkpoint
     AutoPeftModelForCausalLM.from_pretrained(folder.checkpoints / "checkpoint-2")

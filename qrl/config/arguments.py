@@ -18,11 +18,10 @@ from typing import Any
 
 import yaml
 
-from code_quality import QualityConfig
-from data_loading import UserError
+from qrl.data.records import UserError
+from qrl.resources import DEFAULT_CONFIG, REWARD_MODEL_CONFIG, SHIPPED
+from qrl.rewards.quality import QualityConfig
 
-PROJECT_DIR = Path(__file__).resolve().parent
-DEFAULT_CONFIG = PROJECT_DIR / "config.yaml"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
@@ -306,7 +305,6 @@ class RewardDataArguments:
     )
 
 
-REWARD_MODEL_CONFIG = PROJECT_DIR / "configs" / "reward_model.yaml"
 _RM_MODEL_OPTIONS = [
     "base_model", "max_seq_length", "bf16", "learning_rate", "batch_size", "gradient_accumulation_steps",
     "max_steps", "save_steps", "eval_steps", "logging_steps", "gradient_checkpointing", "max_grad_norm",
@@ -394,8 +392,8 @@ def build_parser(
     if default_config is None:
         shown = "none"
     else:
-        where = default_config.relative_to(PROJECT_DIR) if default_config.is_relative_to(PROJECT_DIR) else default_config
-        shown = f"{where} beside the script"
+        inside = default_config.is_relative_to(SHIPPED)
+        shown = f"the toolkit's {default_config.relative_to(SHIPPED)}" if inside else str(default_config)
     parser.add_argument("--config", metavar="FILE", help=f"YAML config file (default: {shown}).")
     if "use_peft" in names:
         parser.add_argument("--no_peft", dest="use_peft", action="store_false", help="Full fine-tuning, no LoRA.")
@@ -524,7 +522,7 @@ def options_markdown(sections: dict[str, type]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path = PROJECT_DIR / "README.md") -> None:
+def update_readme(path: Path) -> None:
     """Rewrite the README's generated options table in place."""
     import re
 
@@ -534,4 +532,4 @@ def update_readme(path: Path = PROJECT_DIR / "README.md") -> None:
 
 
 if __name__ == "__main__":
-    update_readme()  # python run_config.py: regenerate the README's options table
+    update_readme(Path("README.md"))  # python -m qrl.config.arguments, in a checkout: regenerate the options table

@@ -29,7 +29,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from data_loading import UserError, atomic_write
+from qrl.data.records import UserError, atomic_write
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 

@@ -60,6 +60,9 @@ WALL_STRETCH = 4.0  # the default wall backstop grows by run-queue waits up to t
 RunStatus = Literal["exited", "timeout", "memory_limit", "output_limit", "infra_error"]
 
 
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 class SandboxError(RuntimeError):
     """The sandbox itself cannot work (e.g. no server starts); single runs report ``infra_error`` instead."""
 
@@ -251,14 +254,13 @@ atexit.register(lambda: [s.close() for s in list(_open_sandboxes)])
 
 
 def _server_args(preload: list[str], options: dict, expose: Iterable[str], hide: Iterable[str]) -> list[str]:
-    """The server imports this file as the module ``sandbox`` (not as ``__main__``), with this folder, and not the
-    current one, first on its path: a program's files in its working folder can never shadow a module."""
+    """The server imports this package from where this file lies (``PYTHONPATH``), never from the working folder
+    (``-P``): a program's files in its working folder can never shadow a module."""
     folders = sorted({os.path.abspath(p) for p in expose if os.path.isdir(p)})
     hidden = sorted({os.path.abspath(p) for p in hide if os.path.lexists(p)})
     spec = {"preload": preload, **options, "expose": folders, "hide": hidden}
-    here = os.path.dirname(os.path.abspath(__file__))
-    bootstrap = f"import sys; sys.path[0] = {here!r}; import sandbox; sandbox._serve(*sys.argv[1:])"
-    return [sys.executable, "-s", "-c", bootstrap, json.dumps(spec)]
+    bootstrap = "import sys; from qrl.execution import sandbox; sandbox._serve(*sys.argv[1:])"
+    return [sys.executable, "-s", "-P", "-c", bootstrap, json.dumps(spec)]
 
 
 class _ServerDied(Exception):
@@ -310,6 +312,7 @@ class _Worker:
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
             "TMPDIR": tempfile.gettempdir(),
+            "PYTHONPATH": _PACKAGE_PARENT,  # this very package, installed or not; -P keeps the working folder out
         }
         self.proc = subprocess.Popen(
             [*self.args, str(self.slot), str(os.getpid())],

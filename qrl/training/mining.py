@@ -14,10 +14,11 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-from data_loading import DataError
-from reward_data import MiningCounts, ScoredAnswer, mined_pairs
-from run_config import Config
-from run_files import RunFolder
+import qrl.languages  # noqa: F401 -- registers the languages besides Python (their formats, executors)
+from qrl.config.arguments import Config
+from qrl.config.run_folder import RunFolder
+from qrl.data.preferences import MiningCounts, ScoredAnswer, mined_pairs
+from qrl.data.records import DataError
 
 Scorer = Callable[[list[Any], list[list[str]]], list[list[ScoredAnswer]]]
 
@@ -29,8 +30,8 @@ def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]
     """
     from transformers import set_seed
 
-    from problems import load_problems
-    from q_trl_training import build_prompt, load_for_generation, resolve_base_model, sample_completions
+    from qrl.problems.core import load_problems
+    from qrl.training.trl import build_prompt, load_for_generation, resolve_base_model, sample_completions
 
     m = cfg.mining
     problems = [p for p in load_problems(m.mine_pairs_from) if p.split != "eval"]  # held-out problems never train
@@ -79,7 +80,7 @@ def sandbox_scorer(cfg: Config) -> Scorer:
     """
 
     def score(problems: list, answers: list[list[str]]) -> list[list[ScoredAnswer]]:
-        from reward_model import CompositeReward, Sample, TestCaseReward
+        from qrl.rewards.scoring import CompositeReward, Sample, TestCaseReward
 
         r = getattr(cfg, "rewards", None)
         tests = TestCaseReward(problems, workers=r.workers if r else None, timeout=r.timeout if r else None)
@@ -105,7 +106,7 @@ def _answer(prompt, text: str):
 
 def write_mined(folder: RunFolder, rows: list[dict[str, Any]], counts: MiningCounts, source: str) -> None:
     """The pairs (reusable as --data_path or --preference_data) and their counts, in the run folder."""
-    from run_files import atomic_write
+    from qrl.config.run_folder import atomic_write
 
     atomic_write(folder.mined_pairs, "".join(json.dumps(r) + "\n" for r in rows))
     folder.write_json(folder.mining_json, {"source": source, **dataclasses.asdict(counts)})

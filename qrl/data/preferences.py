@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from data_loading import DataError, Record, read_records, require_fields
+from qrl.data.records import DataError, Record, read_records, require_fields
 
 FORMATS = ("pairs", "rankings", "demonstrations")
 _FORMAT_FIELDS = {"pairs": ("prompt", "chosen", "rejected"), "rankings": ("prompt", "responses"),

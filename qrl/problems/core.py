@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import harness
-from data_loading import DataError, Record, UserError, read_records, require_fields
+from qrl.data.records import DataError, Record, UserError, read_records, require_fields
+from qrl.execution import harness
 
 Status = Literal[
     "passed",
@@ -754,8 +754,8 @@ class Executor(Protocol):
 
 
 class PythonExecutor:
-    preload = ("harness",)
-    harness_source = "import harness\nharness.main()\n"
+    preload = ("qrl.execution.harness",)
+    harness_source = "from qrl.execution import harness\nharness.main()\n"
 
     def prepare(self, problem: Problem, code: str, reply_limit: int) -> Submission:
         key = _text_key(problem, code)
@@ -1128,6 +1128,3 @@ def _short(value: Any) -> str:
         return f"<{type(value).__name__} too large to print>"
     return text if len(text) <= 120 else text[:117] + "..."
 
-
-# Languages besides Python register themselves (formats, fence tags, executor) when their module is imported.
-import q_language  # noqa: F401 -- at the end: it imports this module

@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import harness
-import problems
-from data_loading import DataError, Record, UserError, read_text, require_fields
-from problems import Job, Problem, Submission, Verdict
-from sandbox import UID_BASE, UID_COUNT
+from qrl.data.records import DataError, Record, UserError, read_text, require_fields
+from qrl.execution import harness
+from qrl.execution.sandbox import UID_BASE, UID_COUNT
+from qrl.problems import core as problems
+from qrl.problems.core import Job, Problem, Submission, Verdict
 
 Q_NOT_FOUND = "q interpreter not found: install kdb+ and put q on PATH, or pass --q_binary"
 PROGRAM_FILE = "qrl_program.q"  # the program under test, in the sandbox's working folder
@@ -558,8 +558,8 @@ class QExecutor:
     """Runs Q problems: MSML and q-expr through the q binary in the sandbox, Q-HumanEval through PyKX (as Python
     programs under harness.py, whose verdict logic it shares)."""
 
-    preload = ("q_language",)
-    harness_source = "import q_language\nq_language.sandbox_main()\n"
+    preload = ("qrl.languages.q",)
+    harness_source = "from qrl.languages import q\nq.sandbox_main()\n"
 
     def __init__(self) -> None:
         self.q_binary: str | None = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_loading import UserError
+from qrl.data.records import UserError
 
 LANGUAGES = ("python", "q")
 

@@ -1,0 +1,94 @@
+"""The ``qrl`` command, one subcommand per script (as ``trl <command>``):
+
+    qrl rl ...            = python run_rl.py ...              (DPO, reward-model PPO, GRPO on test cases)
+    qrl reward-model ...  = python train_reward_model.py ...  (train a reward model)
+    qrl score ...         = python reward_model.py score ...  (run completions against their tests)
+    qrl model             = fetch and convert the embedded default model, print its folder
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from qrl.data.records import UserError
+
+RL_DOC = "Reinforcement learning for code-generation models (Q/kdb+ and Python)."
+
+
+def _quiet_known_warnings() -> None:
+    # TRL and PEFT still call the old gradient-checkpointing names; the warning is theirs, not the user's.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+
+
+def rl(argv: Sequence[str] | None = None, prog: str = "run_rl.py") -> int:
+    """Parse, merge over config.yaml, validate, and train along the chosen path."""
+    from qrl.config.arguments import RL_SECTIONS, parse_config, validate_training
+
+    _quiet_known_warnings()
+    try:
+        cfg = parse_config(RL_SECTIONS, None if argv is None else list(argv), prog=prog, description=RL_DOC)
+        validate_training(cfg)
+        from qrl.training import paths  # heavy imports only once the options are known to be good
+
+        paths.method_of(cfg)
+        folder = paths.train(cfg)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") == "0":
+        print(f"Run folder: {folder.root}")
+    return 0
+
+
+def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_model.py") -> int:
+    """Train a reward model from preferences, rankings, demonstrations or pairs mined from test runs."""
+    from qrl.config.arguments import validate_training
+    from qrl.training.reward_models import parse_options, train_reward_model
+
+    _quiet_known_warnings()
+    try:
+        cfg = parse_options(None if argv is None else list(argv), prog=prog)
+        validate_training(cfg)
+        folder = train_reward_model(cfg)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Run folder: {folder.root}")
+    if not cfg.mining.mine_only:
+        print(f"Reward model: {folder.final_model}")
+    return 0
+
+
+def score(argv: Sequence[str] | None = None, prog: str = "qrl score") -> int:
+    """Run completions against their problems' tests in the sandbox; no torch is imported."""
+    from qrl.rewards.scoring import score_main
+
+    return score_main(sys.argv[2:] if argv is None else argv, prog=prog)
+
+
+def model(argv: Sequence[str] | None = None) -> int:
+    from qrl.models.embedded import ensure_embedded_model
+
+    print(ensure_embedded_model())
+    return 0
+
+
+COMMANDS: dict[str, Callable[..., int]] = {"rl": rl, "reward-model": reward_model, "score": score, "model": model}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command == "model":
+        return model(rest)
+    return COMMANDS[command](rest, prog=f"qrl {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
