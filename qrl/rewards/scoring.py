@@ -29,9 +29,9 @@ from typing import Any, get_args
 import qrl.languages  # noqa: F401 -- registers the languages besides Python (their formats, executors)
 from qrl.config.arguments import RL_SECTIONS, DataArguments, RewardArguments, parse_config, section
 from qrl.data.records import DataError, UserError, atomic_write, check_writable
-from qrl.execution.sandbox import Limits, Program, RunResult, Sandbox, SandboxError, default_workers
-from qrl.problems import core as problems_module
-from qrl.problems.core import Problem, Submission, Verdict
+from qrl.execution import Limits, Program, RunResult, Sandbox, SandboxError, default_workers
+from qrl import problems as problems_module
+from qrl.problems import Problem, Submission, Verdict
 from qrl.rewards import quality as code_quality
 from qrl.rewards.quality import QualityConfig, QualityScore
 
