@@ -1,15 +1,17 @@
 # Two commands a new user needs:
 #   make demo   install everything, fetch the embedded model, train briefly, write a full run folder
 #   make test   install everything, run the whole test suite
+# and for contributors: make lint (ruff, with the project's rules and line length from pyproject.toml).
 PYTHON ?= python3
 # CPU build on this kind of machine; on a GPU box PyPI's torch 2.13.0 is the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= output
 
-.PHONY: install model demo test bench
+.PHONY: install model demo test lint bench
 
-# Not editable: the scripts run from this folder, and an editable install of a project without modules only adds an
-# import hook that every interpreter start pays for (~20 ms), sandbox servers and benchmarks included.
+# Not editable: an editable install adds an import hook that every interpreter start pays for (~20 ms), sandbox
+# servers included. The scripts and tests in this folder import the package from here; benches and recipes import the
+# installed one (make bench and make install reinstall it).
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check ".[dev]"
@@ -24,6 +26,9 @@ demo: model
 
 test: install
 	$(PYTHON) -m pytest -q
+
+lint: install
+	$(PYTHON) -m ruff check .
 
 bench: model
 	$(PYTHON) bench/dpo_overhead.py
