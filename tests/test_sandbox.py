@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
-from qrl.execution import sandbox
+from qrl.execution import accounting, sandbox
 from qrl.execution.sandbox import Limits, Program, RunResult, Sandbox, SandboxError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,8 +165,8 @@ def test_a_process_gone_before_its_memory_is_read_counts_nothing() -> None:
     # seen through its stat with 400 MiB resident, ended before its smaps_rollup is read: none of it is held now
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    assert sandbox._proportional_memory(child.pid, 100_000) == 0
-    assert sandbox._proportional_memory(os.getpid(), 1) > 1 << 20  # a live process: its own proportional memory
+    assert accounting.proportional_memory(child.pid, 100_000) == 0
+    assert accounting.proportional_memory(os.getpid(), 1) > 1 << 20  # a live process: its own proportional memory
 
 
 def test_huge_single_allocation_fails_fast(sb: Sandbox) -> None:

@@ -349,7 +349,7 @@ def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
     import subprocess
     import sys
 
-    from qrl.execution import sandbox
+    from qrl.execution.accounting import longest_wait
 
     waiter = textwrap.dedent("""
         import os, sys, threading, time
@@ -367,7 +367,7 @@ def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
     waiters = {kind: subprocess.Popen([sys.executable, "-c", waiter, kind]) for kind in ("idle", "normal")}
     try:
         time.sleep(1.5)
-        waited = {kind: sandbox._longest_wait(p.pid) / 1e9 for kind, p in waiters.items()}
+        waited = {kind: longest_wait(p.pid) / 1e9 for kind, p in waiters.items()}
     finally:
         for p in [busy, *waiters.values()]:
             p.kill()

@@ -196,7 +196,8 @@ def encode_parts(public: dict, private: dict) -> bytes:
     return out
 
 
-def _read_part(fd: int) -> dict:
+def read_part(fd: int) -> dict:
+    """The next part of the job (see ``encode_parts``) from ``fd``."""
     size = int.from_bytes(_read_exact(fd, 8), "big")
     return json.loads(_read_exact(fd, size))
 
@@ -239,7 +240,9 @@ class _Lines:
             self.buffer += chunk
 
 
-class _Report:
+class Report:
+    """The events a run reports, one JSON line each, on the report channel: all the caller believes."""
+
     def __init__(self, fd: int):
         self.fd = fd
 
@@ -261,10 +264,6 @@ def _load(code: types.CodeType) -> tuple[dict, str | None]:
     except BaseException as e:  # noqa: BLE001 -- whatever it raises, it did not load
         return main.__dict__, describe(e)
     return main.__dict__, None
-
-
-def _missing(namespace: dict, names: list[str]) -> list[str]:
-    return [n for n in names if n not in namespace]
 
 
 class _Remote:
@@ -346,7 +345,8 @@ class _Remote:
             os.waitpid(self.pid, 0)
 
 
-def _close_stdin() -> None:
+def close_stdin() -> None:
+    """Stdin becomes /dev/null: what is left of the job there is gone for whatever runs next."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -354,9 +354,9 @@ def _close_stdin() -> None:
 
 def _host(code: types.CodeType, entry_point: str, requests: int, replies: int) -> NoReturn:
     """In the program's process: run the module, then answer calls until the harness hangs up."""
-    _close_stdin()  # stdin still holds the unread tests: gone before any program code runs
+    close_stdin()  # stdin still holds the unread tests: gone before any program code runs
     os.close(REPORT_FD)
-    _set_dumpable(True)  # its own /proc/self stays readable to it; the harness stays closed
+    set_dumpable(True)  # its own /proc/self stays readable to it; the harness stays closed
     namespace, error = _load(code)
     if error is None and entry_point not in namespace:
         error = f"the program does not define `{entry_point}`"
@@ -422,7 +422,7 @@ class _InProcess:
 # The tests.
 
 
-def _run_calls(program: _Remote | _InProcess, entry_point: str, tests: list[dict], report: _Report) -> None:
+def _run_calls(program: _Remote | _InProcess, entry_point: str, tests: list[dict], report: Report) -> None:
     for i, test in enumerate(tests):
         try:
             value = json.dumps(program.call(entry_point, test["args"], test["kwargs"]))
@@ -438,7 +438,7 @@ class _Blocks:
     """``with __test__(i):`` around each test statement; ``__probe__(i, x)`` sends the value of ``x == <literal>``'s
     left side instead of a pass, for the caller to compare."""
 
-    def __init__(self, report: _Report):
+    def __init__(self, report: Report):
         self.report, self.index, self.probed = report, -1, False
 
     def __call__(self, index: int) -> _Blocks:
@@ -464,7 +464,7 @@ class _Blocks:
         self.probed = True
 
 
-def _run_script(program: _Remote | _InProcess, public: dict, script: str, report: _Report) -> None:
+def _run_script(program: _Remote | _InProcess, public: dict, script: str, report: Report) -> None:
     blocks = _Blocks(report)
     namespace = {"__builtins__": dict(_BUILTINS), "__name__": "__tests__", "__test__": blocks,
                  "__probe__": blocks.probe, "__candidate__": program.bind(public["entry_point"])}  # fmt: skip
@@ -479,7 +479,8 @@ def _run_script(program: _Remote | _InProcess, public: dict, script: str, report
         report.send(e="script_error", msg=describe(e))
 
 
-def _set_dumpable(on: bool) -> None:
+def set_dumpable(on: bool) -> None:
+    """Off: no process of the same user may trace this one or read its memory (PR_SET_DUMPABLE)."""
     try:
         _libc().prctl(_PR_SET_DUMPABLE, int(on), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux
@@ -494,12 +495,12 @@ def _libc() -> ctypes.CDLL:
 def main() -> None:
     """Run one job from stdin and report on fd 3: ``syntax_error`` or ``load_error``, or one ``test`` event per test,
     then ``died`` if the program's process ended early, and ``done`` when the harness finished."""
-    report = _Report(REPORT_FD)
+    report = Report(REPORT_FD)
     program: _Remote | _InProcess | None = None
     try:
-        _set_dumpable(False)
+        set_dumpable(False)
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1, signals without a handler are ignored
-        public = _read_part(0)
+        public = read_part(0)
         try:
             code = compile(public["code"], "solution.py", "exec")
         except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
@@ -507,8 +508,8 @@ def main() -> None:
             return
         host = _InProcess if public["in_process"] else _Remote
         program = host(code, public["entry_point"], public["reply_limit"])  # forked before the tests are read
-        private = _read_part(0)
-        _close_stdin()
+        private = read_part(0)
+        close_stdin()
         error = program.load()
         if error:
             report.send(e="load_error", msg=error)

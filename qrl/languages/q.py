@@ -720,11 +720,11 @@ def _clip(text: str, size: int = 120) -> str:
 
 
 def sandbox_main() -> None:
-    report = harness._Report(harness.REPORT_FD)
+    report = harness.Report(harness.REPORT_FD)
     try:
-        harness._set_dumpable(False)  # no process of the same user may read this one's memory or its stdin
+        harness.set_dumpable(False)  # no process of the same user may read this one's memory or its stdin
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        public = harness._read_part(0)
+        public = harness.read_part(0)
         _run(public, report)
     except Exception as e:  # noqa: BLE001 -- our own failure: scored as infra_error, never against the program
         report.send(e="infra", msg=harness.describe(e))
@@ -732,7 +732,7 @@ def sandbox_main() -> None:
         report.send(e="done")
 
 
-def _run(public: dict, report: harness._Report) -> None:
+def _run(public: dict, report: harness.Report) -> None:
     work = os.getcwd()
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", **public["env"]}
     _write_new(os.path.join(work, PROGRAM_FILE), public["program"])
@@ -745,8 +745,8 @@ def _run(public: dict, report: harness._Report) -> None:
         return
     code = q.wait()
     _kill_the_rest(q.pid)
-    private = harness._read_part(0)  # read only now: no process of the program is left to see it
-    harness._close_stdin()
+    private = harness.read_part(0)  # read only now: no process of the program is left to see it
+    harness.close_stdin()
     _clear(work, keep=re.compile(r"qrl_result|qrl_[re]\d+"))  # what the program left besides its values: room
     if "tests" in public:
         _judge_expressions(public, private, env, work, report)
@@ -771,7 +771,7 @@ def _run(public: dict, report: harness._Report) -> None:
         report.send(e="shown", text=shown)
 
 
-def _judge_expressions(public: dict, private: dict, env: dict, work: str, report: harness._Report) -> None:
+def _judge_expressions(public: dict, private: dict, env: dict, work: str, report: harness.Report) -> None:
     checks = []
     for i, expected in enumerate(private["expected"][: public["tests"]]):
         if _regular(os.path.join(work, f"qrl_r{i}")):
