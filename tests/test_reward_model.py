@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
+from qrl import problems
 from qrl.data.records import UserError
 from qrl.execution.sandbox import Isolation, Limits, RunResult
-from qrl.problems import core as problems
 from qrl.rewards.scoring import (
     STATUSES,
     CalibrationCache,
@@ -500,7 +500,7 @@ def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
 
 def composite_problem():
     from qrl.data.records import Record
-    from qrl.problems.core import parse_problem
+    from qrl.problems import parse_problem
 
     row = {"task_id": "py/sq", "language": "python", "prompt": "Write `square(x)` returning x*x.",
            "entry_point": "square", "reference_solution": "def square(x):\n    return x * x\n",
