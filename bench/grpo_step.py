@@ -29,7 +29,7 @@ def run_variant(variant: str, model: str, steps: int, generations: int, completi
 
     from qrl.config.arguments import RL_SECTIONS, parse_config
     from qrl.config.run_folder import RunFolder
-    from qrl.problems.core import load_problems
+    from qrl.problems import load_problems
     from qrl.training.paths import test_case_reward
     from qrl.training.trl import build_grpo_trainer, build_prompt, load_tokenizer
 

@@ -53,7 +53,7 @@ def run_variant(variant: str, model: str, steps: int, tokens: int, out: str) -> 
     from datasets import Dataset
 
     from qrl.config.run_folder import RunFolder
-    from qrl.problems.core import load_problems
+    from qrl.problems import load_problems
     from qrl.training.paths import test_case_reward
     from qrl.training.trl import (
         PPOTrainer,

@@ -1,21 +1,21 @@
 """STAND-INS for the q interpreter and for PyKX, which this machine cannot have. They are NOT q implementations.
 
 ``build_q_standin(folder)`` writes ``fake_q_STANDIN``: a small Python script that keeps only the part of the q
-command line's contract that q_language.py relies on, and understands only the statements the tests write:
+command line's contract that qrl.languages.q relies on, and understands only the statements the tests write:
 
 - ``fake_q_STANDIN script.q -q``: runs the script file, then reads commands from stdin until end of input (as q
   does); ``exit n`` and ``\\\\`` end it; an error prints ``'msg`` on stderr and abandons the script (as q does when
   loading a script); with QHOME set, ``$QHOME/q.k`` must be readable, as q needs it at start;
 - ``\\l file``, ``\\d .``, ``name:value``, ``name:{...}`` (only the function bodies in ``BODIES`` below can be
   called), ``f[a;b]``, ``show x``, ``-1 "text"``, ``\\`:file set x``, ``get \\`:file``, ``value "expr"``, ``~``;
-- the exact statements q_language.main_script/show_script/match_script generate (the trap ``@[...]`` lines);
+- the exact statements qrl.languages.q.main_script/show_script/match_script generate (the trap ``@[...]`` lines);
 - literals: longs (``1``, ``1 2 3``, ``-4``), floats (``1.5``), booleans (``1b``, ``101b``), chars and strings,
   symbols (``\\`a``, ``\\`a\\`b``), and lists ``(a;b;c)``.
 
 ``show`` prints as q does for those types. ``set`` writes the stand-in's own JSON, not q's binary format.
 
 ``build_pykx_standin(folder)`` writes a package ``pykx`` with ``licensed`` and ``q(...)`` answering exactly the calls
-q_language.pykx_program makes, for the few candidate bodies the tests use.
+qrl.languages.q.pykx_program makes, for the few candidate bodies the tests use.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def unescape(body):
 
 
 NUMBER = r"-?\d+(?:\.\d*)?(?:e-?\d+)?[jf]?"
-STRING = r'"(?:[^"\\]|\\.)*"|\(enlist "(?:[^"\\]|\\.)"\)'  # a q string literal, as q_language.q_string writes
+STRING = r'"(?:[^"\\]|\\.)*"|\(enlist "(?:[^"\\]|\\.)"\)'  # a q string literal, as qrl.languages.q.q_string writes
 
 
 def literal(text):
@@ -287,7 +287,7 @@ class Q:
         if line.startswith("\\d"):
             return
         m = re.fullmatch(rf'@\[\{{`:(\S+?) set value x\}};({STRING});\{{`:(\S+?) 0: enlist x\}}\]', line)
-        if m:  # the trapped expression of q_language.main_script
+        if m:  # the trapped expression of qrl.languages.q.main_script
             try:
                 save(m[1], self.value(m[2]))
             except QError as e:
@@ -296,7 +296,7 @@ class Q:
             return
         m = re.fullmatch(r'-1 "qrl (\d+) ",@\[\{\$\[\(get x 0\)~value x 1;"pass";"fail"\]\};\(`:(\S+?);'
                          rf'({STRING})\);\{{"error ",x\}}\];?', line)
-        if m:  # the comparison of q_language.match_script
+        if m:  # the comparison of qrl.languages.q.match_script
             try:
                 word = "pass" if load(m[2]) == self.value(m[3]) else "fail"
             except QError as e:
@@ -432,7 +432,7 @@ if __name__ == "__main__":
 
 
 PYKX_STANDIN = r'''
-"""STAND-IN for PyKX, written by the tests (tests/q_standin.py): answers only the calls of q_language.pykx_program."""
+"""STAND-IN for PyKX, written by the tests (tests/q_standin.py): answers only the calls of qrl.languages.q.pykx_program."""
 import os
 import re
 

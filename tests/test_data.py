@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from qrl import problems
 from qrl.data.records import load_preferences
 from qrl.execution.sandbox import default_workers
-from qrl.problems import core as problems
 from qrl.rewards.scoring import TestCaseReward
 
 DATA = Path(__file__).resolve().parent.parent / "data"

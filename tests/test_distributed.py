@@ -160,7 +160,7 @@ def test_grpo_under_zero3_evaluates_with_unequal_shares(grpo_argv, tmp_path):
 def test_each_rank_starts_its_share_of_sandbox_workers(grpo_argv, monkeypatch):
     """Not every rank a full pool: --workers (default: all cores) is divided among the processes of a node."""
     from qrl.config.arguments import RL_SECTIONS, parse_config
-    from qrl.problems.core import load_problems
+    from qrl.problems import load_problems
     from qrl.training.paths import test_case_reward
 
     cfg = parse_config(RL_SECTIONS, grpo_argv + ["--workers", "4"])

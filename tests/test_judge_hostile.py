@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
+from qrl import problems
+from qrl.data.records import Record
 from qrl.execution.sandbox import Limits
-from qrl.problems import core as problems
 from qrl.rewards.scoring import CompositeReward, Sample, ScoreResult, TestCaseReward, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +194,7 @@ def test_answers_too_deep_to_parse_are_the_programs_own(scorer: TestCaseReward) 
 
 def test_judge_decodes_nothing_it_cannot_handle() -> None:
     """Report lines a program in the tests' process could write, judged without a sandbox: none raises."""
-    (tri,) = [problems.parse_problem(problems.Record(TRI, "mem:1"))]
+    (tri,) = [problems.parse_problem(Record(TRI, "mem:1"))]
     sub = problems.prepare(tri, RIGHT["tri"])
     values = [{"c": [10**400, 0]}, {"c": ["x", 1]}, {"c": [1, 2, 3]}, {"i": "zz"}, {"d": [[[1], 2]]}, {"s": [[1]]},
               {"b": "xyz"}, {"t": 5}, [[[[[[[[[[[[[[]]]]]]]]]]]]]], {"d": [[{"i": hex(10**5000)}, 1]]}]  # fmt: skip
@@ -286,7 +287,7 @@ def square_problem() -> problems.Problem:
     row = {"task_id": "sq", "prompt": "Write `square(x)` returning x*x.", "entry_point": "square",
            "reference_solution": "def square(x):\n    return x * x\n",
            "tests": [{"args": [2], "expected": 4}, {"args": [-3], "expected": 9}]}  # fmt: skip
-    return problems.parse_problem(problems.Record(row, "mem:1"))
+    return problems.parse_problem(Record(row, "mem:1"))
 
 
 def test_extraction_and_the_composite_never_raise() -> None:

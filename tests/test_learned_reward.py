@@ -9,7 +9,7 @@ import pytest
 from conftest import problem_rows, write_jsonl
 
 from qrl.data.records import UserError
-from qrl.problems.core import load_problems
+from qrl.problems import load_problems
 from qrl.rewards.scoring import CompositeReward, LearnedReward, Sample, TestCaseReward
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from qrl import problems
 from qrl.data.records import DataError, UserError
 from qrl.execution import harness
-from qrl.problems import core as problems
-from qrl.problems.core import AssertTest, CallTest, IOTest
+from qrl.problems import AssertTest, CallTest, IOTest
+from qrl.problems.comparisons import as_json, json_equal
 
 QRL = {
     "task_id": "py/017_run_length_encode",
@@ -462,8 +463,8 @@ def test_judge_stdio_normalises_whitespace(tmp_path: Path) -> None:
     ],
 )
 def test_json_equality(actual: object, expected: object, equal: bool) -> None:
-    assert problems._json_equal(actual, expected) is equal
+    assert json_equal(actual, expected) is equal
 
 
 def test_results_become_json_like_data() -> None:
-    assert problems._as_json({1: (2, 3), None: True}) == {"1": [2, 3], "null": True}
+    assert as_json({1: (2, 3), None: True}) == {"1": [2, 3], "null": True}

@@ -21,10 +21,11 @@ import pytest
 from q_standin import Q_STANDIN_NAME, build_pykx_standin, build_q_standin
 from sandbox_helpers import wait_until_idle
 
+from qrl import problems
 from qrl.data.records import DataError, Record, UserError
 from qrl.execution.sandbox import Sandbox
 from qrl.languages import q as q_language
-from qrl.problems import core as problems
+from qrl.languages.q import install as q_install
 from qrl.rewards.scoring import TestCaseReward
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -535,8 +536,7 @@ def test_q_humaneval_through_pykx_standin(pykx_standin: Path, tmp_path: Path, mo
 def test_q_humaneval_needs_a_licensed_pykx(pykx_standin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     problem = q_humaneval(tmp_path)
     monkeypatch.setenv("PYKX_STANDIN_LICENSED", "0")
-    executor = problems.EXECUTORS["q"]
-    executor._checked.discard("pykx")
+    monkeypatch.setitem(problems.EXECUTORS, "q", q_language.QExecutor())  # one that has checked nothing yet
     with pytest.raises(UserError) as error:
         TestCaseReward([problem], workers=1)
     assert str(error.value) == q_language.PYKX_UNLICENSED and "PyKX" in str(error.value)
@@ -544,8 +544,8 @@ def test_q_humaneval_needs_a_licensed_pykx(pykx_standin: Path, tmp_path: Path, m
 
 def test_q_humaneval_without_pykx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     problem = q_humaneval(tmp_path)
-    monkeypatch.setattr(q_language, "pykx_folder", lambda: None)
-    problems.EXECUTORS["q"]._checked.discard("pykx")
+    monkeypatch.setattr(q_install, "pykx_folder", lambda: None)
+    monkeypatch.setitem(problems.EXECUTORS, "q", q_language.QExecutor())  # one that has checked nothing yet
     with pytest.raises(UserError) as error:
         TestCaseReward([problem], workers=1)
     assert str(error.value) == q_language.PYKX_MISSING
@@ -553,7 +553,6 @@ def test_q_humaneval_without_pykx(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.skipif(q_language.pykx_folder() is None, reason="PyKX is not installed here")
 def test_real_pykx_is_licensed_or_says_so(tmp_path: Path) -> None:
-    problems.EXECUTORS["q"]._checked.discard("pykx")
     try:
         q_language.check_pykx()
     except UserError as e:

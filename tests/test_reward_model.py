@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import wait_until_idle
 
+from qrl import problems
 from qrl.data.records import UserError
 from qrl.execution.sandbox import Isolation, Limits, RunResult
-from qrl.problems import core as problems
+from qrl.problems import submissions
 from qrl.rewards.scoring import (
     STATUSES,
     CalibrationCache,
@@ -257,7 +258,7 @@ def test_a_judging_bug_costs_one_answer_not_the_batch(
 
     monkeypatch.setattr(executor, "prepare", bad_prepare)
     monkeypatch.setattr(executor, "judge", bad_judge)
-    monkeypatch.setattr(problems, "program_code", lambda p, c: 1 / 0 if "READ_BUG" in c else c)
+    monkeypatch.setattr(submissions, "program_code", lambda p, c: 1 / 0 if "READ_BUG" in c else c)
     good = ("noref", "def one():\n    return 1\n")
     batch = [good, ("noref", "def one():\n    'JUDGE_BUG'\n    return 1\n"), ("noref", "# PREPARE_BUG\n"),
              ("noref", "READ_BUG"), ("noref", "def one():\n    return 2\n")]  # fmt: skip
@@ -500,7 +501,7 @@ def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
 
 def composite_problem():
     from qrl.data.records import Record
-    from qrl.problems.core import parse_problem
+    from qrl.problems import parse_problem
 
     row = {"task_id": "py/sq", "language": "python", "prompt": "Write `square(x)` returning x*x.",
            "entry_point": "square", "reference_solution": "def square(x):\n    return x * x\n",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qrl.data.records import UserError
+from qrl.languages.q import syntax as q_syntax
 
 LANGUAGES = ("python", "q")
 
@@ -318,18 +319,6 @@ Q_KEYWORDS = frozenset({
 })
 _Q_LOOP = re.compile(r"(?<![\w.])(do|while)\s*\[")
 _Q_ASSIGN = re.compile(r"(?<![\w.`])([A-Za-z]\w*)\s*:")
-_Q_DEFINITION = re.compile(r"^\.?[A-Za-z][\w.]*\s*::?\s*\{")
-_Q_OPEN, _Q_CLOSE = "([{", ")]}"
-
-
-@dataclass
-class _QLine:
-    code: str  # the line with comments removed and string contents blanked
-    comment: bool  # carries a comment (a whole-line, trailing or block comment)
-    comment_only: bool  # nothing but comment
-    definition: bool  # starts a top-level `name:{` definition
-
-
 def q_quality(codes: list[str], config: QualityConfig | None = None) -> list[QualityScore]:
     """Score Q programs with text rules that need no q interpreter (see docs/code_quality.md)."""
     config = config or QualityConfig()
@@ -337,73 +326,13 @@ def q_quality(codes: list[str], config: QualityConfig | None = None) -> list[Qua
     return [_q_one(code, config) for code in codes]
 
 
-def _q_lines(code: str) -> tuple[list[_QLine], str | None]:
-    """Split a q script into lines with strings and comments told apart; the error, if a string never ends."""
-    lines: list[_QLine] = []
-    in_string = in_block = ended = False
-    for raw in _source_lines(code):
-        stripped = raw.rstrip()
-        if ended or (in_block and stripped != "\\"):
-            lines.append(_QLine("", bool(stripped), bool(stripped), False))
-            continue
-        if not in_string and stripped in ("/", "\\"):
-            # A lone "/" opens a block comment, a lone "\" closes it; outside a block, "\" ends the script.
-            in_block, ended = stripped == "/", not in_block and stripped == "\\"
-            lines.append(_QLine("", True, True, False))
-            continue
-        if not in_string and raw.startswith("\\"):  # a system command such as \l file.q: no q syntax
-            lines.append(_QLine(raw, False, False, False))
-            continue
-        definition = not in_string and bool(_Q_DEFINITION.match(raw))
-        chars, comment, escaped = [], False, False
-        for col, ch in enumerate(raw):
-            if in_string:
-                chars.append(ch if ch == '"' and not escaped else " ")
-                in_string = escaped or ch != '"'
-                escaped = not escaped and ch == "\\"
-            elif ch == "/" and (col == 0 or raw[col - 1] in " \t"):
-                comment = True  # q reads "/" at the start of a line or after whitespace as a comment
-                break
-            else:
-                chars.append(ch)
-                in_string = ch == '"'
-        text = "".join(chars)
-        lines.append(_QLine(text, comment, comment and not text.strip(), definition))
-    return lines, ("unterminated string" if in_string else None)
-
-
-def _q_brackets(lines: list[_QLine], config: QualityConfig) -> tuple[int, int, str | None]:
-    """Deepest nesting (a lambda's parameter list does not count), too-long functions, and a mismatch."""
-    stack: list[tuple[str, int, bool]] = []  # (bracket, line, counts towards depth)
-    depth = max_depth = long_functions = 0
-    previous = ""
-    for lineno, line in enumerate(lines, start=1):
-        for ch in line.code:
-            if ch in _Q_OPEN:
-                counts = not (ch == "[" and previous == "{")
-                stack.append((ch, lineno, counts))
-                depth += counts
-                max_depth = max(max_depth, depth)
-            elif ch in _Q_CLOSE:
-                if not stack or _Q_OPEN.index(stack[-1][0]) != _Q_CLOSE.index(ch):
-                    return max_depth, long_functions, f"line {lineno}: unmatched '{ch}'"
-                opener, start, counts = stack.pop()
-                depth -= counts
-                long_functions += opener == "{" and lineno - start + 1 > config.q_max_function_lines
-            if not ch.isspace():
-                previous = ch
-    if stack:
-        return max_depth, long_functions, f"line {stack[-1][1]}: '{stack[-1][0]}' never closed"
-    return max_depth, long_functions, None
-
-
 def _q_one(code: str, config: QualityConfig) -> QualityScore:
     if not code.strip():
         return _unusable("empty")
-    lines, error = _q_lines(code)
-    max_depth, long_functions, mismatch = _q_brackets(lines, config)
-    if error or mismatch:
-        return _unusable(f"syntax error: {error or mismatch}")
+    lines, error = q_syntax.scan_lines(_source_lines(code))
+    nesting = q_syntax.nesting(lines)
+    if error or nesting.error:
+        return _unusable(f"syntax error: {error or nesting.error}")
     code_lines = sum(1 for line in lines if line.code.strip())
     if not code_lines:
         return _unusable("no code (only comments)")
@@ -414,16 +343,16 @@ def _q_one(code: str, config: QualityConfig) -> QualityScore:
         found["trailing-whitespace"] += raw != raw.rstrip()
         found["explicit-loop"] += len(_Q_LOOP.findall(line.code))
         found["keyword-assignment"] += sum(1 for name in _Q_ASSIGN.findall(line.code) if name in Q_KEYWORDS)
-    found["long-function"] = long_functions
+    found["long-function"] = sum(n > config.q_max_function_lines for n in nesting.function_lines)
     found = +found  # drop zero counts
     docs, commented, definitions = _q_comment_score(lines, code_lines, config)
-    complexity = _ramp(max_depth, config.q_nesting_bad, config.q_nesting_good)
+    complexity = _ramp(nesting.max_depth, config.q_nesting_bad, config.q_nesting_good)
     details = {"lines": code_lines, "violations": dict(sorted(found.items())), "public_definitions": definitions,
-               "documented": commented, "max_nesting": max_depth}
+               "documented": commented, "max_nesting": nesting.max_depth}
     return _score(_style_score(sum(found.values()), code_lines, config), docs, complexity, config, details)
 
 
-def _q_comment_score(lines: list[_QLine], code_lines: int, config: QualityConfig) -> tuple[float, int, int]:
+def _q_comment_score(lines: list[q_syntax.Line], code_lines: int, config: QualityConfig) -> tuple[float, int, int]:
     """Comment density against ``q_comment_ratio``, averaged with the share of commented top-level definitions.
 
     A definition counts as commented with a comment on its first line or on the non-blank line above it.
@@ -435,7 +364,7 @@ def _q_comment_score(lines: list[_QLine], code_lines: int, config: QualityConfig
     else:
         density = min(1.0, ratio / config.q_comment_ratio)
     definitions = commented = 0
-    above: _QLine | None = None
+    above: q_syntax.Line | None = None
     for line in lines:
         if line.definition:
             definitions += 1

@@ -511,7 +511,7 @@ def _environment_key() -> str:
         cpuinfo = []
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     parts = [os.uname().nodename, cpu, sys.version, sys.executable]
-    for name in ("qrl.execution.harness", "qrl.problems.core", "qrl.execution.sandbox", "qrl.languages.q"):
+    for name in ("qrl.execution.harness", "qrl.execution.sandbox", *problems_module.judging_modules()):
         parts.append(hashlib.sha256(Path(sys.modules[name].__file__ or "").read_bytes()).hexdigest())
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 

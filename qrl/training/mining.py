@@ -30,7 +30,7 @@ def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]
     """
     from transformers import set_seed
 
-    from qrl.problems.core import load_problems
+    from qrl.problems import load_problems
     from qrl.training.trl import build_prompt, load_for_generation, resolve_base_model, sample_completions
 
     m = cfg.mining

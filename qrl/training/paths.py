@@ -352,7 +352,7 @@ def test_case_reward(cfg: Config, problems: list):
     """The sandbox scorer, with the config's weights; with several processes each rank gets its share of workers."""
     import os
 
-    from qrl.problems.core import configure_executors
+    from qrl.problems import configure_executors
     from qrl.rewards.scoring import TestCaseReward
 
     r = cfg.rewards
@@ -405,7 +405,7 @@ def _checkpoint_step(path: Path) -> int:
 
 def _eval_problems(cfg: Config) -> list:
     """For --eval_only: --eval_data, else the 'eval' split of the training problems, else all of them."""
-    from qrl.problems.core import load_problems
+    from qrl.problems import load_problems
 
     source = cfg.data.eval_data or cfg.data.train_data or SHIPPED_PROBLEMS
     problems = load_problems(source)
@@ -418,7 +418,7 @@ def _eval_problems(cfg: Config) -> list:
 def _problem_splits(cfg: Config) -> tuple[list, list]:
     """Training problems (never the 'eval' split) and evaluation problems (--eval_data, the 'eval' split of the
     training file, or a held-out fraction)."""
-    from qrl.problems.core import load_problems
+    from qrl.problems import load_problems
 
     d = cfg.data
     problems = load_problems(d.train_data or SHIPPED_PROBLEMS)
