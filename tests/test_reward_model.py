@@ -152,6 +152,20 @@ def test_pass_at_k_table_uses_every_k_the_samples_allow() -> None:
     )
 
 
+def test_every_component_is_weighed_by_a_reward_option() -> None:
+    """A component registers once: its function and the RewardArguments field that weighs it; scorers and logs
+    take their component names from the registry."""
+    from dataclasses import fields
+
+    from qrl.config.arguments import RewardArguments
+    from qrl.rewards.components import COMPONENTS, QUALITY_COMPONENTS
+    from qrl.rewards.composite import CompositeReward
+
+    assert {c.weight for c in COMPONENTS.values()} <= {f.name for f in fields(RewardArguments)}
+    assert TestCaseReward.components == tuple(COMPONENTS) == ("pass", "partial", "all_pass_bonus", "time")
+    assert CompositeReward.components == tuple(COMPONENTS) + tuple(QUALITY_COMPONENTS)
+
+
 def test_reward_weights_come_from_the_config_rewards_section(tmp_path: Path) -> None:
     from qrl.config.arguments import RL_SECTIONS, ConfigError, parse_config
 
