@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from qrl.rewards.scoring import (
-    CompositeReward,
-    LearnedReward,
-    Sample,
-    Scorer,
-    ScoreResult,
-    TestCaseReward,
-    Timing,
-    completion_text,
-    main,
-    pass_at_k,
-    pass_at_k_table,
-    summarize_samples,
-)
+from qrl.rewards.base import Sample, Scorer, ScoreResult, completion_text
+from qrl.rewards.composite import CompositeReward
+from qrl.rewards.learned import LearnedReward
+from qrl.rewards.pass_at_k import pass_at_k, pass_at_k_table, summarize_samples
+from qrl.rewards.score import main
+from qrl.rewards.test_cases import TestCaseReward, Timing
 
 __all__ = ["CompositeReward", "LearnedReward", "Sample", "ScoreResult", "Scorer", "TestCaseReward", "Timing",
            "completion_text", "main", "pass_at_k", "pass_at_k_table", "summarize_samples"]  # fmt: skip

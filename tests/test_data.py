@@ -14,7 +14,7 @@ import pytest
 from qrl import problems
 from qrl.data.records import load_preferences
 from qrl.execution.sandbox import default_workers
-from qrl.rewards.scoring import TestCaseReward
+from qrl.rewards.test_cases import TestCaseReward
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PYTHON = DATA / "problems" / "python.jsonl"

@@ -15,7 +15,9 @@ from sandbox_helpers import wait_until_idle
 from qrl import problems
 from qrl.data.records import Record
 from qrl.execution.sandbox import Limits
-from qrl.rewards.scoring import CompositeReward, Sample, ScoreResult, TestCaseReward, Timing
+from qrl.rewards.base import Sample, ScoreResult
+from qrl.rewards.composite import CompositeReward
+from qrl.rewards.test_cases import TestCaseReward, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,10 @@ from conftest import problem_rows, write_jsonl
 
 from qrl.data.records import UserError
 from qrl.problems import load_problems
-from qrl.rewards.scoring import CompositeReward, LearnedReward, Sample, TestCaseReward
+from qrl.rewards.base import Sample
+from qrl.rewards.composite import CompositeReward
+from qrl.rewards.learned import LearnedReward
+from qrl.rewards.test_cases import TestCaseReward
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qrl.config.arguments import RL_SECTIONS, parse_config
-from qrl.rewards.scoring import LearnedReward
+from qrl.rewards.learned import LearnedReward
 from qrl.training.paths import _prepare, run_ppo, train
 from qrl.training.trl import (
     AdaptiveKLController,

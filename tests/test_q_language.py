@@ -25,8 +25,8 @@ from qrl import problems
 from qrl.data.records import DataError, Record, UserError
 from qrl.execution.sandbox import Sandbox
 from qrl.languages import q as q_language
+from qrl.rewards.test_cases import TestCaseReward
 from qrl.languages.q import install as q_install
-from qrl.rewards.scoring import TestCaseReward
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_Q = shutil.which("q")
@@ -603,7 +603,8 @@ def test_stand_in_is_named_as_one(standin: Path) -> None:
 
 def test_composite_reward_scores_q_quality(use_standin: Path, box: Sandbox, sum_problem: problems.Problem) -> None:
     """The default path's reward on a Q problem: test cases through q, quality from the Q rules."""
-    from qrl.rewards.scoring import CompositeReward, Sample
+    from qrl.rewards.base import Sample
+    from qrl.rewards.composite import CompositeReward
 
     composite = CompositeReward(scorer([sum_problem], box))
     commented, bare = composite.score_samples([

@@ -19,19 +19,11 @@ from sandbox_helpers import wait_until_idle
 from qrl import problems
 from qrl.data.records import UserError
 from qrl.execution.sandbox import Isolation, Limits, RunResult
+from qrl.rewards.base import STATUSES, ScoreResult
+from qrl.rewards.calibration import CalibrationCache, checksum, default_calibration_cache
+from qrl.rewards.pass_at_k import pass_at_k, pass_at_k_table
+from qrl.rewards.test_cases import TestCaseReward, Timing, verdict_reusable
 from qrl.problems import submissions
-from qrl.rewards.scoring import (
-    STATUSES,
-    CalibrationCache,
-    ScoreResult,
-    TestCaseReward,
-    Timing,
-    _checksum,
-    _reusable,
-    default_calibration_cache,
-    pass_at_k,
-    pass_at_k_table,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,6 +151,20 @@ def test_pass_at_k_table_uses_every_k_the_samples_allow() -> None:
         and math.isclose(table[2], (2 / 3 + 1) / 2)
         and table[3] == 1.0
     )
+
+
+def test_every_component_is_weighed_by_a_reward_option() -> None:
+    """A component registers once: its function and the RewardArguments field that weighs it; scorers and logs
+    take their component names from the registry."""
+    from dataclasses import fields
+
+    from qrl.config.arguments import RewardArguments
+    from qrl.rewards.components import COMPONENTS, QUALITY_COMPONENTS
+    from qrl.rewards.composite import CompositeReward
+
+    assert {c.weight for c in COMPONENTS.values()} <= {f.name for f in fields(RewardArguments)}
+    assert TestCaseReward.components == tuple(COMPONENTS) == ("pass", "partial", "all_pass_bonus", "time")
+    assert CompositeReward.components == tuple(COMPONENTS) + tuple(QUALITY_COMPONENTS)
 
 
 def test_reward_weights_come_from_the_config_rewards_section(tmp_path: Path) -> None:
@@ -516,8 +522,10 @@ COMPOSITE_WRONG = '```python\ndef square(x):\n    """Return x squared, for any n
 
 def test_composite_weights_quality_on_top_of_test_cases():
     from qrl.config.arguments import RewardArguments
+    from qrl.rewards.base import Sample
+    from qrl.rewards.composite import CompositeReward
     from qrl.rewards.quality import QualityConfig
-    from qrl.rewards.scoring import CompositeReward, Sample, TestCaseReward
+    from qrl.rewards.test_cases import TestCaseReward
 
     weights = RewardArguments(reward_time=0.0, reward_quality=0.4)
     with TestCaseReward([composite_problem()], weights=weights, workers=1) as tests:
@@ -534,7 +542,9 @@ def test_composite_weights_quality_on_top_of_test_cases():
 
 
 def test_composite_logs_every_component_by_name_and_keeps_none_for_infra_errors():
-    from qrl.rewards.scoring import CompositeReward, ScoreResult, TestCaseReward
+    from qrl.rewards.base import ScoreResult
+    from qrl.rewards.composite import CompositeReward
+    from qrl.rewards.test_cases import TestCaseReward
 
     logged = {}
     with TestCaseReward([composite_problem()], workers=1) as tests:
@@ -616,9 +626,9 @@ def test_reuse_under_a_tighter_limit_needs_the_wall_clock_to_hold_too() -> None:
 
     quick = done(problems.Verdict("passed", 1, 1, cpu_time=0.01, wall_time=0.02))
     sleepy = done(problems.Verdict("passed", 1, 1, cpu_time=0.01, wall_time=5.0))  # slept, barely used the CPU
-    assert _reusable(10.0, quick, 1.0) and _reusable(1.0, quick, 10.0)
-    assert not _reusable(10.0, sleepy, 1.0)  # under 1 s of CPU its backstop is 3 s: it would not have finished
-    assert _reusable(1.0, sleepy, 10.0) and _reusable(10.0, sleepy, 10.0)
+    assert verdict_reusable(10.0, quick, 1.0) and verdict_reusable(1.0, quick, 10.0)
+    assert not verdict_reusable(10.0, sleepy, 1.0)  # under 1 s of CPU its backstop is 3 s: it would not have finished
+    assert verdict_reusable(1.0, sleepy, 10.0) and verdict_reusable(10.0, sleepy, 10.0)
 
 
 def test_calibration_is_read_back_from_the_cache_folder(problem_file: Path, tmp_path: Path) -> None:
@@ -660,7 +670,7 @@ def test_a_damaged_calibration_file_is_ignored(problem_file: Path, tmp_path: Pat
     record = json.loads(good)
     forged = {**record, "verdict": {**record["verdict"], "cpu_time": 1.5}}  # a generous limit, checksum unchanged
     wrong_type = {**record, "verdict": {**record["verdict"], "tests_passed": "4"}}
-    wrong_type["checksum"] = _checksum(record["key"], wrong_type["verdict"])  # well formed, but not a verdict
+    wrong_type["checksum"] = checksum(record["key"], wrong_type["verdict"])  # well formed, but not a verdict
     for damage in (good[: len(good) // 2], "\0\xff not json", "[]", json.dumps(forged), json.dumps(wrong_type)):
         path.write_text(damage)
         scorer, _ = calibrating_scorer(problems.load_problems(problem_file), cache)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import preference_rows, write_jsonl
 
+from qrl.cli import reward_model as main
 from qrl.config.arguments import (
     REWARD_MODEL_CONFIG,
     REWARD_MODEL_SECTIONS,
@@ -26,7 +27,6 @@ from qrl.data.preferences import (
     split_by_prompt,
 )
 from qrl.data.records import DataError, Record
-from qrl.cli import reward_model as main
 from qrl.training.reward_models import parse_options, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_reward_model_on_pairs_writes_the_run_folder(rm_argv, preference_file):
     # the reward function scores exactly the tokens the trainer trained on
     from trl.data_utils import _tokenize
 
-    from qrl.rewards.scoring import LearnedReward
+    from qrl.rewards.learned import LearnedReward
     from qrl.training.trl import reward_model_texts
 
     reward = LearnedReward(str(folder.final_model))

@@ -48,8 +48,12 @@ class QualityConfig:
     docs_max_words: int = field(default=150, metadata={"help": "Longer docstrings lose part of their credit."})
     cc_good: int = field(default=5, metadata={"help": "Worst cyclomatic complexity up to which the CC part scores 1."})
     cc_bad: int = field(default=25, metadata={"help": "Worst cyclomatic complexity from which the CC part scores 0."})
-    mi_good: float = field(default=50.0, metadata={"help": "radon maintainability index from which the MI part scores 1."})
-    mi_bad: float = field(default=10.0, metadata={"help": "radon maintainability index up to which the MI part scores 0."})
+    mi_good: float = field(
+        default=50.0, metadata={"help": "radon maintainability index from which the MI part scores 1."}
+    )
+    mi_bad: float = field(
+        default=10.0, metadata={"help": "radon maintainability index up to which the MI part scores 0."}
+    )
     mi_share: float = field(
         default=0.3, metadata={"help": "Share of the maintainability index in the complexity score (rest: CC)."}
     )
@@ -338,7 +342,7 @@ def _q_one(code: str, config: QualityConfig) -> QualityScore:
         return _unusable("no code (only comments)")
     raw_lines = _source_lines(code)
     found: Counter = Counter()
-    for raw, line in zip(raw_lines, lines):
+    for raw, line in zip(raw_lines, lines, strict=False):
         found["long-line"] += len(raw) > config.max_line_length
         found["trailing-whitespace"] += raw != raw.rstrip()
         found["explicit-loop"] += len(_Q_LOOP.findall(line.code))

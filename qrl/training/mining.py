@@ -80,7 +80,9 @@ def sandbox_scorer(cfg: Config) -> Scorer:
     """
 
     def score(problems: list, answers: list[list[str]]) -> list[list[ScoredAnswer]]:
-        from qrl.rewards.scoring import CompositeReward, Sample, TestCaseReward
+        from qrl.rewards.base import Sample
+        from qrl.rewards.composite import CompositeReward
+        from qrl.rewards.test_cases import TestCaseReward
 
         r = getattr(cfg, "rewards", None)
         tests = TestCaseReward(problems, workers=r.workers if r else None, timeout=r.timeout if r else None)

@@ -170,7 +170,7 @@ def train_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) ->
         raise UserError("--use_reward_model needs --reward_model_path (a model written by train_reward_model.py)")
     check_reward_model(cfg.data.reward_model_path)
     _check_ppo_options(cfg)
-    from qrl.rewards.scoring import LearnedReward
+    from qrl.rewards.learned import LearnedReward
 
     tokenizer = load_tokenizer(resolve_base_model(cfg.model.base_model))
     train_rows, eval_rows = ppo_prompts(cfg, tokenizer)
@@ -353,7 +353,7 @@ def test_case_reward(cfg: Config, problems: list):
     import os
 
     from qrl.problems import configure_executors
-    from qrl.rewards.scoring import TestCaseReward
+    from qrl.rewards.test_cases import TestCaseReward
 
     r = cfg.rewards
     configure_executors(q_binary=r.q_binary)  # Q problems: the TestCaseReward below stops at start without q
@@ -363,7 +363,8 @@ def test_case_reward(cfg: Config, problems: list):
 
 
 def composite_reward(cfg: Config, tests, problems: list = ()):
-    from qrl.rewards.scoring import CompositeReward, LearnedReward
+    from qrl.rewards.composite import CompositeReward
+    from qrl.rewards.learned import LearnedReward
 
     learned = None
     if cfg.rewards.reward_learned:  # a reward model's score as one more term (--reward_model_path)
@@ -476,7 +477,7 @@ class PassAtKEvaluator:
         self.seed = cfg.model.seed
 
     def __call__(self, model, accelerator=None) -> tuple[dict, list[dict]]:
-        from qrl.rewards.scoring import summarize_samples
+        from qrl.rewards.pass_at_k import summarize_samples
 
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         mine = self.problems[rank::world]
@@ -493,7 +494,7 @@ class PassAtKEvaluator:
             answers = sample_completions(model, self.tokenizer, prompts, self.n, self.temperature, self.max_new_tokens,
                                          desc="evaluation: sampling answers" if rank == 0 else None)
         answers = answers[:len(mine)]
-        from qrl.rewards.scoring import Sample
+        from qrl.rewards.base import Sample
 
         batch = [Sample(a, p.task_id) for p, group in zip(mine, answers) for a in group]
         samples = [

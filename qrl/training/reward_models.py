@@ -168,7 +168,7 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
         evaluations average over batches), scored as LearnedReward will score for PPO."""
         data = folder.read_json(folder.eval_json)
         if eval_rows:
-            from qrl.rewards.scoring import LearnedReward
+            from qrl.rewards.learned import LearnedReward
 
             reward = LearnedReward(str(folder.final_model), batch_size=2 * cfg.model.batch_size,
                                    max_length=cfg.model.max_seq_length)
