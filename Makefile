@@ -17,7 +17,7 @@ install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check ".[dev]"
 
 model: install
-	$(PYTHON) embedded_model.py
+	$(PYTHON) -m qrl.models.embedded
 
 demo: model
 	$(PYTHON) run_rl.py --use_dpo --experiment_name demo --output_dir $(DEMO_DIR) --overwrite_output_dir \

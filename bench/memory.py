@@ -8,8 +8,8 @@ its resident memory just before the model loads (Python, torch and the libraries
 Estimated: one formula (``estimate``) over the model's shape, by dtype, trainable share, ZeRO/FSDP sharding
 over the GPU count, reference model, activations and generation. It is checked against the measured rows.
 
-    python bench/memory.py            # measure every row (a few minutes), save, rewrite the README's tables
-    python bench/memory.py --table    # rewrite the README's tables from bench/results/memory.json only
+    python bench/memory.py            # measure every row (a few minutes), save, rewrite docs/memory.md's tables
+    python bench/memory.py --table    # rewrite docs/memory.md's tables from bench/results/memory.json only
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "memory.json"
-README = ROOT / "README.md"
+TABLES = ROOT / "docs" / "memory.md"
 GIB = 1024**3
 
 
@@ -299,7 +299,7 @@ def measure_all(model_path: str, steps: int) -> list[dict]:
     return out
 
 
-# --- the README tables ------------------------------------------------------------------------------------------
+# --- the tables of docs/memory.md --------------------------------------------------------------------------------
 
 def _row_name(row: dict) -> str:
     tuning = "full fine-tuning" if row["tuning"] == "full" else "LoRA r=16"
@@ -353,15 +353,15 @@ def gpu_table(gpu_memory_gib: int = 80) -> str:
     return "\n".join(lines)
 
 
-def update_readme(rows: list[dict], machine: str) -> None:
-    text = README.read_text(encoding="utf-8")
+def update_tables(rows: list[dict], machine: str) -> None:
+    text = TABLES.read_text(encoding="utf-8")
     for marker, body in (("memory:measured", f"Measured on {machine}.\n\n" + check_table(rows)),
                          ("memory:estimate", gpu_table())):
         pattern = re.compile(rf"(<!-- {marker}:start.*?-->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- {marker}:start --> ... <!-- {marker}:end --> block")
+            raise SystemExit(f"docs/memory.md has no <!-- {marker}:start --> ... <!-- {marker}:end --> block")
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-    README.write_text(text, encoding="utf-8")
+    TABLES.write_text(text, encoding="utf-8")
 
 
 def torch_version() -> str:
@@ -374,12 +374,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base_model", default=None, help="default: the embedded model")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--table", action="store_true", help="only rewrite the README's tables from saved results")
+    parser.add_argument("--table", action="store_true", help="only rewrite docs/memory.md's tables from saved results")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = parser.parse_args()
     if args.table:
         saved = json.loads(RESULTS.read_text())
-        update_readme(saved["rows"], saved["machine"])
+        update_tables(saved["rows"], saved["machine"])
         return
     if args.base_model is None:
         from qrl.models.embedded import ensure_embedded_model
@@ -394,7 +394,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows,
                                    "setups": [asdict(measured_setup(r)) for r in rows]}, indent=2) + "\n")
     print(check_table(rows))
-    update_readme(rows, machine)
+    update_tables(rows, machine)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU recipe: GRPO on test-case rewards with vLLM generation, on every GPU of one machine, measured on the
-# held-out problems before and after. Not run by the project (no GPU was lent): see the README's "Recipes".
+# held-out problems before and after. Not run by the project (no GPU was lent): see docs/recipes.md.
 # Expected time, estimated from arithmetic (not measured): about 40-60 minutes for a 1.5B model on one H100-class
 # GPU, 2-3 hours for a 7B one.
 #

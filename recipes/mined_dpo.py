@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 # recipe_report also puts the toolkit's modules on the path
 from recipe_report import RecipeArguments, parse_recipe
 
-# The DPO step, as run for the README's "Recipes"; later flags override them. The pairs are the policy's own
+# The DPO step, as run for docs/recipes.md; later flags override them. The pairs are the policy's own
 # answers, passing over failing: adding the reference solutions as chosen answers made the model copy their terse
 # style and lose held-out problems (recipes/results/mined_dpo_reference_pairs.json). The likelihood of the chosen
 # answers is trained too (--dpo_sft_weight): plain DPO at 3e-5 moved the model too little to pass more held-out tests

@@ -1,4 +1,4 @@
-"""Scaling out and memory: the accelerate configurations, the memory options, and the README's memory tables."""
+"""Scaling out and memory: the accelerate configurations, the memory options, and docs/memory.md's tables."""
 
 import importlib.util
 import sys
@@ -160,18 +160,18 @@ def test_final_model_through_the_fsdp_path_is_merged(dpo_argv, monkeypatch):
     assert all((final[k] - v).abs().max() < 1e-6 for k, v in merged.state_dict().items())
 
 
-# --- the README's memory tables ---------------------------------------------------------------------------------
+# --- the memory tables of docs/memory.md -------------------------------------------------------------------------
 
-def test_readme_memory_tables_match_the_formula_and_the_saved_measurements():
+def test_memory_tables_match_the_formula_and_the_saved_measurements():
     sys.path.insert(0, str(ROOT / "bench"))
     import json
 
     import memory
 
-    readme = (ROOT / "README.md").read_text()
+    tables = (ROOT / "docs" / "memory.md").read_text()
     saved = json.loads(memory.RESULTS.read_text())
-    assert memory.gpu_table() in readme, "regenerate with: python bench/memory.py --table"
-    assert memory.check_table(saved["rows"]) in readme, "regenerate with: python bench/memory.py --table"
+    assert memory.gpu_table() in tables, "regenerate with: python bench/memory.py --table"
+    assert memory.check_table(saved["rows"]) in tables, "regenerate with: python bench/memory.py --table"
 
 
 def test_the_formula_counts_parameters_and_lora_exactly(tiny_model):
