@@ -51,6 +51,8 @@ def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
         return executor.judge(submission, outcomes)
     except Exception as e:  # noqa: BLE001
         total = len(submission.problem.tests)
+        if submission.problem.tests_in_process:  # the program shared the harness's process: its report is suspect
+            return Verdict("runtime_error", 0, total, *outcome_times(outcomes), _failure("judging", e))
         return Verdict("infra_error", 0, total, *outcome_times(outcomes), _failure("judging", e))
 
 

@@ -59,7 +59,7 @@ def report_events(report: str) -> list[dict]:
             event = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        if type(event) is dict:
+        if type(event) is dict and type(event.get("e")) is str:  # a kind that is not a name is no event
             events.append(event)
     return events
 
