@@ -372,7 +372,8 @@ def test_threads_that_choose_to_wait_do_not_stretch_the_wall() -> None:
         for p in [busy, *waiters.values()]:
             p.kill()
             p.wait()
-    assert waited["idle"] < 0.1 and waited["normal"] > 0.2, waited
+    # both main threads waited a little to start on the busy CPU; only the normal spinning thread waits on
+    assert waited["normal"] > 0.2 and waited["normal"] > 3 * waited["idle"], waited
 
 
 # ------------------------------------------------------------------------------------------------ CPU counted
