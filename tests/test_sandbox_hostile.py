@@ -34,7 +34,7 @@ def assert_right_still_runs(box: Sandbox) -> None:
 def secret_files() -> dict[str, str]:
     """Files an answer would like to read: expected values in the project, a cache, /var/tmp, the caller's /tmp."""
     token = uuid.uuid4().hex
-    home = Path(os.path.expanduser("~/.cache/q-rl-test-secret"))
+    home = Path(os.path.expanduser(f"~/.cache/q-rl-test-secret-{token}"))
     places = {
         "project": ROOT / f"secret-{token}.jsonl",
         "cache": home / f"{token}.json",
