@@ -104,9 +104,9 @@ def pack(value: Any) -> Any:
 _UNTAG: dict[str, Callable[[Any, int], Any]] = {
     "i": lambda v, d: int(_str(v), 16),
     "t": lambda v, d: tuple(_unpack_list(v, d)),
-    "d": lambda v, d: {unpack(k, d): unpack(x, d) for k, x in _pairs(v)},
-    "s": lambda v, d: set(_unpack_list(v, d)),
-    "fs": lambda v, d: frozenset(_unpack_list(v, d)),
+    "d": lambda v, d: _dict(_pairs(v), d),
+    "s": lambda v, d: set(_hashable(_unpack_list(v, d))),
+    "fs": lambda v, d: frozenset(_hashable(_unpack_list(v, d))),
     "b": lambda v, d: bytes.fromhex(_str(v)),
     "c": lambda v, d: _complex(_unpack_list(v, d)),
 }
@@ -138,6 +138,24 @@ def _pairs(obj: Any) -> list:
     if type(obj) is not list or any(type(p) is not list or len(p) != 2 for p in obj):
         raise ValueError("not packed plain data")
     return obj
+
+
+def _hashable(items: list) -> list:
+    """Items for a set or a dict's keys. Many unequal items of one hash would make building it quadratic (ints
+    ``k * (2**61 - 1)`` all hash to 0): a few kilobytes of answer would stall the caller for minutes. Refused."""
+    if len(items) > 64:
+        buckets: dict[int, list] = {}
+        for item in items:
+            buckets.setdefault(hash(item), []).append(item)
+        for bucket in buckets.values():
+            if len(bucket) > 64 and any(type(x) is not type(bucket[0]) or x != bucket[0] for x in bucket):
+                raise ValueError("too many unequal items of one hash")
+    return items
+
+
+def _dict(pairs: list, depth: int) -> dict:
+    keys = _hashable([unpack(k, depth) for k, _ in pairs])
+    return dict(zip(keys, (unpack(x, depth) for _, x in pairs), strict=True))
 
 
 def _complex(parts: list) -> complex:
@@ -334,7 +352,11 @@ class _Remote:
         return reply
 
     def _died(self) -> NoReturn:
-        _, status = os.waitpid(self.pid, 0)
+        while True:
+            _, status = os.waitpid(self.pid, 0)
+            if not os.WIFSTOPPED(status):
+                break
+            os.kill(self.pid, signal.SIGKILL)  # stopped, as a tracee of ours would be: it ends here
         code = os.waitstatus_to_exitcode(status)
         how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
         self.death = f"the program's process {how} before the tests were done"

@@ -890,6 +890,8 @@ def judge(submission: Submission, outcomes: Sequence[RunOutcome]) -> Verdict:
         return executor.judge(submission, outcomes)
     except Exception as e:  # noqa: BLE001
         total = len(submission.problem.tests)
+        if submission.problem.tests_in_process:  # the program shared the harness's process: its report is suspect
+            return Verdict("runtime_error", 0, total, *outcome_times(outcomes), _failure("judging", e))
         return Verdict("infra_error", 0, total, *outcome_times(outcomes), _failure("judging", e))
 
 
@@ -983,7 +985,7 @@ def _events(report: str) -> list[dict]:
             event = json.loads(line)
         except (ValueError, RecursionError):
             continue
-        if type(event) is dict:
+        if type(event) is dict and type(event.get("e")) is str:  # a kind that is not a name is no event
             events.append(event)
     return events
 

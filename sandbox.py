@@ -465,12 +465,13 @@ class _Kernel:
 
 
 # Seccomp: the system calls no program needs and some would abuse. Keys (add_key, request_key, keyctl) live in the
-# uid's keyring, which outlives the run and the server; new namespaces (unshare, clone with a CLONE_NEW* flag) give a
+# uid's keyring, which outlives the run and the server; ptrace lets a program made the harness's tracee stop
+# itself in ways the harness must not have to read; new namespaces (unshare, clone with a CLONE_NEW* flag) give a
 # program every capability inside one, and with them far more of the kernel to attack. clone3 passes its flags in
 # memory a filter cannot read, so it answers ENOSYS and the C library falls back to clone.
-_SYSCALLS = {  # machine: (audit arch, add_key, request_key, keyctl, unshare, clone, clone3)
-    "x86_64": (0xC000003E, 248, 249, 250, 272, 56, 435),
-    "aarch64": (0xC00000B7, 217, 218, 219, 97, 220, 435),
+_SYSCALLS = {  # machine: (audit arch, add_key, request_key, keyctl, ptrace, unshare, clone, clone3)
+    "x86_64": (0xC000003E, 248, 249, 250, 101, 272, 56, 435),
+    "aarch64": (0xC00000B7, 217, 218, 219, 117, 97, 220, 435),
 }
 _NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 _CLONE_NEWTIME = 0x80  # unshare only: in clone's flags these bits are the exit signal
@@ -482,12 +483,12 @@ def _seccomp_filter() -> bytes | None:
     machine = os.uname().machine
     if machine not in _SYSCALLS:
         return None
-    arch, add_key, request_key, keyctl, unshare, clone, clone3 = _SYSCALLS[machine]
+    arch, add_key, request_key, keyctl, ptrace, unshare, clone, clone3 = _SYSCALLS[machine]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, _RET_ENOSYS), (ld, 0, 0, 0)]  # other ABIs: nothing
     if machine == "x86_64":
         prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, _RET_ENOSYS)]  # x32 system calls
-    for n in (add_key, request_key, keyctl):
+    for n in (add_key, request_key, keyctl, ptrace):
         prog += [(jeq, 0, 1, n), (ret, 0, 0, _RET_EPERM)]
     prog += [(jeq, 0, 1, clone3), (ret, 0, 0, _RET_ENOSYS)]
     for n, flags in ((unshare, _NAMESPACE_FLAGS | _CLONE_NEWTIME), (clone, _NAMESPACE_FLAGS)):

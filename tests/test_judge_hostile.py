@@ -141,6 +141,44 @@ def test_report_channel_garbage_is_the_programs_own(scorer: TestCaseReward) -> N
     assert_own_verdicts(judged(scorer, hostile))
 
 
+def test_event_kinds_that_are_not_names_are_the_programs_own(scorer: TestCaseReward) -> None:
+    """An event whose kind is a list, a dict or a number (``{"e": []}``): no event at all, never a raise."""
+    hostile = {}
+    for kind in ("[]", "{}", "1", "null", '["done"]'):
+        write = f"import os\ntry:\n    os.write(3, b'{{\"e\": {kind}}}\\n')\nexcept OSError:\n    pass\n"
+        for task in RIGHT:
+            hostile[f"kind {kind} / {task}"] = (task, defining(task, "return 1", prelude=write))
+    assert_own_verdicts(judged(scorer, hostile))
+
+
+def test_a_program_that_stops_itself_as_a_tracee_is_its_own(scorer: TestCaseReward) -> None:
+    """PTRACE_TRACEME makes the harness a tracer; a tracee's stop is reported to it even unasked. ptrace is refused,
+    and a stopped program is ended by the harness: the program's verdict, not a harness error."""
+    prelude = ("import ctypes, os, signal\nctypes.CDLL(None).ptrace(0, 0, 0, 0)\n"
+               "for fd in range(3, 64):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n"
+               "os.kill(os.getpid(), signal.SIGSTOP)\n")  # fmt: skip
+    hostile = {f"traceme / {task}": (task, defining(task, "return 1", prelude=prelude)) for task in RIGHT}
+    assert_own_verdicts(judged(scorer, hostile))
+
+
+def test_sets_of_one_hash_do_not_stall_the_judge() -> None:
+    """Ints ``k * (2**61 - 1)`` all hash to 0: a set of 40,000 of them would take the caller a minute to build."""
+    import time
+
+    import harness
+
+    items = [{"i": format(k * (2**61 - 1), "x")} for k in range(1, 40001)]
+    for tag in ("s", "fs"):
+        start = time.process_time()
+        with pytest.raises(ValueError, match="one hash"):
+            harness.unpack({tag: items})
+        assert time.process_time() - start < 1.0
+    with pytest.raises(ValueError, match="one hash"):
+        harness.unpack({"d": [[v, 0] for v in items]})
+    assert harness.unpack({"s": [1] * 1000 + [2]}) == {1, 2}  # equal items are no attack
+    assert len(harness.unpack({"s": list(range(5000))})) == 5000
+
+
 def test_values_that_cannot_be_encoded_are_the_programs_own(scorer: TestCaseReward) -> None:
     bodies = {
         "an int of 5000 digits": "return 10 ** 5000",
