@@ -1239,6 +1239,7 @@ def _set_limits(limits: Limits, own_uid: bool) -> None:
         (resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size)),
         (resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files)),
         (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_NICE, (0, 0)),  # no way back from idle or a higher nice: waits chosen stay uncounted
     ):
         resource.setrlimit(which, value)
     if own_uid:  # counted per uid: only meaningful when the program has a uid of its own
