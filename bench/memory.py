@@ -360,7 +360,7 @@ def update_tables(rows: list[dict], machine: str) -> None:
         pattern = re.compile(rf"(<!-- {marker}:start.*?-->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"docs/memory.md has no <!-- {marker}:start --> ... <!-- {marker}:end --> block")
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     TABLES.write_text(text, encoding="utf-8")
 
 

@@ -110,7 +110,7 @@ def run_variant(variant: str, model: str, steps: int, tokens: int, out: str) -> 
     ends.append(time.perf_counter())
     trainer.train()
     scorer.close()
-    step = [b - a for a, b in zip(ends, ends[1:])]
+    step = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     return {"step_s": step, **{f"{k}_s": v[:len(step)] for k, v in spent.items()}}
 
 
@@ -187,7 +187,8 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print("\n| variant | median s/step (min-max) | generation | reward | rest (forward passes, updates) | peak RSS MB |")
+    print("\n| variant | median s/step (min-max) | generation | reward | rest (forward passes, updates) "
+          "| peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for v, s in summary.items():
         print(f"| {v} | {s['median_step_s']:.1f} ({s['min_step_s']:.1f}-{s['max_step_s']:.1f}) | "

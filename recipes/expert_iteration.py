@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-
 # recipe_report also puts the toolkit's modules on the path
 import pool_passing
 from recipe_report import RecipeArguments, parse_recipe

@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-
 # recipe_report also puts the toolkit's modules on the path
 from recipe_report import RecipeArguments, parse_recipe
 

@@ -29,7 +29,7 @@ def test_alone_batched_and_by_task_id(tiny_reward_model, problem_file):
     prompts = [[{"role": "user", "content": f"Write add{i}"}] for i in range(5)]
     answers = [[{"role": "assistant", "content": "def add(a, b):\n    return a + b\n" * (i + 1)}] for i in range(5)]
     batched = reward(prompts=prompts, completions=answers)
-    assert batched == pytest.approx([reward([p], [a])[0] for p, a in zip(prompts, answers)], abs=1e-5)
+    assert batched == pytest.approx([reward([p], [a])[0] for p, a in zip(prompts, answers, strict=False)], abs=1e-5)
     assert len(set(batched)) > 1
     assert len(reward(prompts=["Write add: "], completions=["def add(a, b): return a + b"])) == 1  # plain text
     # without prompts (the composite's and the score command's way): the problem's prompt, as a user turn

@@ -25,8 +25,8 @@ from qrl import problems
 from qrl.data.records import DataError, Record, UserError
 from qrl.execution.sandbox import Sandbox
 from qrl.languages import q as q_language
-from qrl.rewards.test_cases import TestCaseReward
 from qrl.languages.q import install as q_install
+from qrl.rewards.test_cases import TestCaseReward
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_Q = shutil.which("q")

@@ -19,11 +19,11 @@ from sandbox_helpers import wait_until_idle
 from qrl import problems
 from qrl.data.records import UserError
 from qrl.execution.sandbox import Isolation, Limits, RunResult
+from qrl.problems import submissions
 from qrl.rewards.base import STATUSES, ScoreResult
 from qrl.rewards.calibration import CalibrationCache, checksum, default_calibration_cache
 from qrl.rewards.pass_at_k import pass_at_k, pass_at_k_table
 from qrl.rewards.test_cases import TestCaseReward, Timing, verdict_reusable
-from qrl.problems import submissions
 
 ROOT = Path(__file__).resolve().parent.parent
 

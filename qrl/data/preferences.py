@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from qrl.data.records import DataError, Record, read_records, require_fields
 
@@ -121,8 +122,9 @@ def corruptions(text: str) -> dict[str, str]:
     """Worse copies of an expert answer, each broken in one way that a reward model should notice.
 
     ``truncated`` keeps the first half of the code's lines (or characters, for one line); ``flipped`` changes
-    the first comparison, arithmetic or boolean operator (Python's first, then Q's terse ones); ``swapped`` exchanges two adjacent lines of the body; ``no_code``
-    keeps the prose around the code and drops the code. A kind that would not change the text is left out.
+    the first comparison, arithmetic or boolean operator (Python's first, then Q's terse ones); ``swapped``
+    exchanges two adjacent lines of the body; ``no_code`` keeps the prose around the code and drops the code. A
+    kind that would not change the text is left out.
     """
     start, end, prose = _code_span(text)
     code = text[start:end]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 class UserError(Exception):
@@ -74,7 +75,8 @@ def check_writable(path: str | Path) -> None:
 def require_fields(record: Record, fields: Iterable[str]) -> None:
     missing = [f for f in fields if f not in record.data or record.data[f] is None]
     if missing:
-        raise DataError(f"{record.where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+        names = ", ".join(map(repr, missing))
+        raise DataError(f"{record.where}: missing field{'s' if len(missing) > 1 else ''} {names}")
 
 
 def read_text(path: Path) -> str:
