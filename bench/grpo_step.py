@@ -31,7 +31,8 @@ def run_variant(variant: str, model: str, steps: int, generations: int, completi
     from qrl.config.run_folder import RunFolder
     from qrl.problems.core import load_problems
     from qrl.training.paths import test_case_reward
-    from qrl.training.trl import build_grpo_trainer, build_prompt, load_tokenizer
+    from qrl.training.prompts import build_prompt
+    from qrl.training.trl import build_grpo_trainer, load_tokenizer
 
     cfg = parse_config(RL_SECTIONS, [
         "--base_model", model, "--max_steps", str(steps), "--save_steps", str(steps * 10), "--eval_steps", "0",

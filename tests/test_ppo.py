@@ -11,13 +11,14 @@ import torch
 
 from qrl.config.arguments import RL_SECTIONS, parse_config
 from qrl.rewards.scoring import LearnedReward
-from qrl.training.paths import _prepare, run_ppo, train
-from qrl.training.trl import (
+from qrl.training.paths import prepare_run, run_ppo, train
+from trl.trainer.utils import entropy_from_logits
+
+from qrl.training.ppo import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
     compute_gae,
-    entropy_from_logits,
     explained_variance,
     masked_whiten,
     token_rewards,
@@ -151,7 +152,7 @@ def test_any_reward_function_with_columns(tiny_model, tmp_path):
         "--max_completion_length", "8", "--max_seq_length", "64", "--ppo_epochs", "1", "--no_peft", "--adaptive_kl",
         "--kl_target", "0.001", "--kl_horizon", "10",
     ])
-    folder, resume, name = _prepare(cfg)
+    folder, resume, name = prepare_run(cfg)
     rows = [{"prompt": f"Write f{i}", "entry_point": f"f{i}"} for i in range(3)]
     run_ppo(cfg, folder, resume, name, reward, rows, [], method="ppo_test")
     prompts, completions, entry_points = seen[0]

@@ -43,7 +43,8 @@ def test_model_resolution(tmp_path, tiny_model):
 
 from types import SimpleNamespace  # noqa: E402
 
-from qrl.training.trl import build_grpo_trainer, build_prompt, check_vllm, prompt_text, truncate_prompt  # noqa: E402
+from qrl.training.prompts import build_prompt, prompt_text, truncate_prompt  # noqa: E402
+from qrl.training.trl import build_grpo_trainer, check_vllm  # noqa: E402
 
 
 def problem(prompt="Write a Python function `add(a, b)` returning a + b.", language="python", joins=False):
@@ -81,7 +82,8 @@ def test_sampling_shows_progress_only_when_labelled(tiny_model, capsys):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from qrl.training.trl import load_tokenizer, sample_completions
+    from qrl.training.prompts import sample_completions
+    from qrl.training.trl import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,11 +17,11 @@ from typing import Any
 
 import yaml
 
+from qrl.config.hf_argparser import HfArgumentParser
 from qrl.data.records import UserError
+from qrl.models.embedded import EMBEDDED_MODEL_NAME
 from qrl.resources import DEFAULT_CONFIG, REWARD_MODEL_CONFIG, SHIPPED
 from qrl.rewards.quality import QualityConfig
-
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 class ConfigError(UserError):
@@ -352,36 +351,14 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _hf_argument_parser() -> type:
-    """transformers' HfArgumentParser. Its module needs only the standard library and yaml, while importing the
-    transformers package costs half a second: the scorer's command line (which trains nothing) loads the module
-    file alone. Anything else, or a transformers whose module has grown imports, goes the usual way."""
-    if "transformers" not in sys.modules:
-        spec = importlib.util.find_spec("transformers")
-        folder = spec.submodule_search_locations if spec else None
-        if folder:
-            module_spec = importlib.util.spec_from_file_location(
-                "_qrl_hf_argparser", Path(list(folder)[0]) / "hf_argparser.py"
-            )
-            if module_spec and module_spec.loader:
-                module = importlib.util.module_from_spec(module_spec)
-                try:
-                    module_spec.loader.exec_module(module)
-                    return module.HfArgumentParser
-                except ImportError:
-                    pass
-    from transformers import HfArgumentParser
-
-    return HfArgumentParser
-
-
 def build_parser(
     sections: dict[str, type], prog: str | None = None, description: str | None = None,
     default_config: Path | None = DEFAULT_CONFIG,
 ):
-    """transformers' HfArgumentParser over the sections, reporting errors as one line instead of usage text."""
+    """transformers' HfArgumentParser (vendored: see hf_argparser) over the sections, reporting errors as one line
+    instead of usage text."""
 
-    class Parser(_hf_argument_parser()):  # type: ignore[misc]
+    class Parser(HfArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
             raise ConfigError(f"{message} (see --help)")
 

@@ -255,7 +255,6 @@ class RunFolderCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.folder.log_line(f"training ended at step {state.global_step}")
-            self.folder.plot()
 
 
 def _fmt(value: Any) -> str:

@@ -664,7 +664,7 @@ class LearnedReward(Scorer):
         return scores
 
     def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
-        from qrl.training.trl import as_chat
+        from qrl.training.prompts import as_chat
 
         prompts = []
         for s in samples:

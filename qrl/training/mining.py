@@ -31,7 +31,8 @@ def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]
     from transformers import set_seed
 
     from qrl.problems.core import load_problems
-    from qrl.training.trl import build_prompt, load_for_generation, resolve_base_model, sample_completions
+    from qrl.training.prompts import build_prompt, sample_completions
+    from qrl.training.trl import load_for_generation, resolve_base_model
 
     m = cfg.mining
     problems = [p for p in load_problems(m.mine_pairs_from) if p.split != "eval"]  # held-out problems never train

@@ -103,7 +103,8 @@ def _sample(cfg: Config, prompts: list) -> list[list[str]]:
     """One answer per prompt from the policy, for --demo_negatives policy/both."""
     from transformers import set_seed
 
-    from qrl.training.trl import as_chat, load_for_generation, resolve_base_model, sample_completions
+    from qrl.training.prompts import as_chat, sample_completions
+    from qrl.training.trl import load_for_generation, resolve_base_model
 
     model, tokenizer = load_for_generation(resolve_base_model(cfg.mining.policy_model or cfg.model.base_model), cfg)
     set_seed(cfg.model.seed)
@@ -113,9 +114,9 @@ def _sample(cfg: Config, prompts: list) -> list[list[str]]:
 
 
 def train_reward_model(cfg: Config) -> RunFolder:
-    from qrl.training.paths import _prepare
+    from qrl.training.paths import prepare_run
 
-    folder, resume, name = _prepare(cfg, run_name(cfg))
+    folder, resume, name = prepare_run(cfg, run_name(cfg))
     try:
         _train(cfg, folder, resume, name)
     except BaseException:
@@ -129,7 +130,7 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
     from transformers import TrainerCallback
 
     from qrl.config.run_folder import RunFolderCallback
-    from qrl.training.paths import _run, stop_after_mining
+    from qrl.training.paths import train_in_folder, stop_after_mining
     from qrl.training.trl import build_reward_trainer, load_tokenizer, resolve_base_model
 
     train_rows, eval_rows, counts, mined = reward_pairs(cfg)
@@ -183,5 +184,5 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
         data.update(train_pairs=len(train_rows), eval_pairs=len(eval_rows), sources=counts)
         folder.write_json(folder.eval_json, data)
 
-    _run(trainer, tokenizer, folder, cfg, resume, on_create=on_create, after_train=after_train)
+    train_in_folder(trainer, tokenizer, folder, cfg, resume, on_create=on_create, after_train=after_train)
 
