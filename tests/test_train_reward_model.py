@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import preference_rows, write_jsonl
 
+from qrl.cli import reward_model as main
 from qrl.config.arguments import (
-    REWARD_MODEL_CONFIG,
     REWARD_MODEL_SECTIONS,
     RL_SECTIONS,
     ModelArguments,
@@ -26,7 +26,7 @@ from qrl.data.preferences import (
     split_by_prompt,
 )
 from qrl.data.records import DataError, Record
-from qrl.cli import reward_model as main
+from qrl.resources import REWARD_MODEL_CONFIG
 from qrl.training.reward_models import parse_options, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import yaml
 from qrl.config.hf_argparser import HfArgumentParser
 from qrl.data.records import UserError
 from qrl.models.embedded import EMBEDDED_MODEL_NAME
-from qrl.resources import DEFAULT_CONFIG, REWARD_MODEL_CONFIG, SHIPPED
+from qrl.resources import DEFAULT_CONFIG, SHIPPED
 from qrl.rewards.quality import QualityConfig
 
 
@@ -181,7 +181,9 @@ class RewardArguments:
     reward_pass: float = _opt(1.0, "Weight of passing every test (binary).")
     reward_partial: float = _opt(0.5, "Weight of the fraction of tests passed (partial credit).")
     reward_all_pass_bonus: float = _opt(0.2, "Bonus when every test passes.")
-    reward_time: float = _opt(0.1, "Weight of the time-efficiency score (CPU time against the reference; passing only).")
+    reward_time: float = _opt(
+        0.1, "Weight of the time-efficiency score (CPU time against the reference; passing only)."
+    )
     reward_quality: float = _opt(0.2, "Weight of the code-quality score on the default path (test cases + quality).")
     reward_learned: float = _opt(
         0.0, "Weight of a learned reward model's score (--reward_model_path) on the default path (0: not used)."
@@ -505,7 +507,8 @@ def update_readme(path: Path) -> None:
 
     text = path.read_text(encoding="utf-8")
     pattern = re.compile(r"(<!-- options:start.*?-->\n).*?(\n<!-- options:end -->)", re.S)
-    path.write_text(pattern.sub(lambda m: m.group(1) + options_markdown(RL_SECTIONS) + m.group(2), text), encoding="utf-8")
+    table = options_markdown(RL_SECTIONS)
+    path.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import qrl.languages  # noqa: F401 -- registers the languages besides Python (their formats, executors)
 from qrl.config.arguments import Config
@@ -148,7 +149,8 @@ def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict
     if cfg.data.eval_data:
         train_rows, eval_rows = rows, load_preferences(cfg.data.eval_data)
     else:
-        train_rows, eval_rows = split_by_prompt(rows, cfg.data.eval_split if cfg.model.eval_steps else 0, cfg.model.seed)
+        fraction = cfg.data.eval_split if cfg.model.eval_steps else 0
+        train_rows, eval_rows = split_by_prompt(rows, fraction, cfg.model.seed)
     same_form(train_rows + eval_rows, "the DPO pairs")
     return train_rows, eval_rows, lambda: mining.write_mined(folder, mined, counts, cfg.mining.mine_pairs_from)
 
@@ -320,7 +322,8 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
         finally:
             tests.close()
         return
-    evaluator = PassAtKEvaluator(cfg, eval_problems, tokenizer, tests) if eval_problems and cfg.model.eval_steps > 0 else None
+    evaluate = eval_problems and cfg.model.eval_steps > 0
+    evaluator = PassAtKEvaluator(cfg, eval_problems, tokenizer, tests) if evaluate else None
     eval_dataset = Dataset.from_list(_prompt_rows(cfg, eval_problems, tokenizer)[0]) if evaluator else None
     trainer = build_grpo_trainer(
         cfg, model_path, tokenizer, Dataset.from_list(rows), eval_dataset, [reward.async_reward], folder, name,
@@ -486,10 +489,10 @@ class PassAtKEvaluator:
         answers = answers[:len(mine)]
         from qrl.rewards.scoring import Sample
 
-        batch = [Sample(a, p.task_id) for p, group in zip(mine, answers) for a in group]
+        batch = [Sample(a, p.task_id) for p, group in zip(mine, answers, strict=True) for a in group]
         samples = [
             {**r.to_json(), "completion": s.completion}
-            for s, r in zip(batch, self.scorer.score_samples(batch))
+            for s, r in zip(batch, self.scorer.score_samples(batch), strict=True)
         ]
         if accelerator is not None and world > 1:
             from accelerate.utils import gather_object

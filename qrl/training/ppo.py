@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import TrainingArguments
 
@@ -19,6 +20,9 @@ from qrl.config.run_folder import CHECKPOINT_RE, RunFolder
 from qrl.data.records import UserError
 from qrl.training.prompts import prompt_text
 from qrl.training.trl import trl_arguments, trl_config
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -337,10 +341,12 @@ class PPOTrainer:
         from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
         logprobs = selective_log_softmax(logits, response)
-        old = {k: batch[k][idx][:, :mask.shape[1]].to(mask.device) for k in ("logprobs", "advantages", "values", "returns")}
+        old = {k: batch[k][idx][:, :mask.shape[1]].to(mask.device)
+               for k in ("logprobs", "advantages", "values", "returns")}
         pg_loss, clip_fraction, approx_kl = clipped_policy_loss(
             logprobs, old["logprobs"], old["advantages"], mask, args.cliprange)
-        vf_loss, vf_clip_fraction = clipped_value_loss(values, old["values"], old["returns"], mask, args.cliprange_value)
+        vf_loss, vf_clip_fraction = clipped_value_loss(
+            values, old["values"], old["returns"], mask, args.cliprange_value)
         entropy = masked_mean(entropy_from_logits(logits), mask)
         loss = pg_loss + args.vf_coef * vf_loss - args.entropy_coef * entropy
         self.accelerator.backward(loss / args.gradient_accumulation_steps)
@@ -383,20 +389,21 @@ class PPOTrainer:
         response = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]), value=tok.pad_token_id)
                               for r in responses])
         is_end = torch.isin(response, self.eos_ids)
-        ends = torch.where(is_end.any(1), is_end.int().argmax(1), torch.full_like(is_end[:, 0], width - 1, dtype=torch.long))
+        last = torch.full_like(is_end[:, 0], width - 1, dtype=torch.long)
+        ends = torch.where(is_end.any(1), is_end.int().argmax(1), last)
         mask = (torch.arange(width)[None, :] <= ends[:, None]).float()
         response = response.masked_fill(mask == 0, tok.pad_token_id)
         words = tok.batch_decode(response, skip_special_tokens=True)
         completions = [[{"role": "assistant", "content": w}] if isinstance(p, list) else w
-                       for p, w in zip(prompts, words)]
+                       for p, w in zip(prompts, words, strict=True)]
         return {"query": enc["input_ids"], "query_mask": enc["attention_mask"], "response": response, "mask": mask,
                 "prompts": prompts, "completions": completions}
 
-    def _score(self, rows: list[dict], batch: dict) -> "torch.Tensor":
+    def _score(self, rows: list[dict], batch: dict) -> torch.Tensor:
         import torch
 
         columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-        ids = [r[m.bool()].tolist() for r, m in zip(batch["response"], batch["mask"])]
+        ids = [r[m.bool()].tolist() for r, m in zip(batch["response"], batch["mask"], strict=True)]
         rewards = self.reward_fn(prompts=batch["prompts"], completions=batch["completions"], completion_ids=ids,
                                  log_metric=self._log_metric, **columns)
         if len(rewards) != len(rows):

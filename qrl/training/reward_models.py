@@ -12,12 +12,10 @@ FILE), then these flags. The model lands in OUTPUT_DIR/<run name>/checkpoints/fi
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from qrl.config.arguments import REWARD_MODEL_SECTIONS, Config, parse_config, validate_training
+from qrl.config.arguments import REWARD_MODEL_SECTIONS, Config, parse_config
 from qrl.config.run_folder import RunFolder
 from qrl.data.records import DataError, UserError, load_preferences
 from qrl.resources import REWARD_MODEL_CONFIG
@@ -130,7 +128,7 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
     from transformers import TrainerCallback
 
     from qrl.config.run_folder import RunFolderCallback
-    from qrl.training.paths import train_in_folder, stop_after_mining
+    from qrl.training.paths import stop_after_mining, train_in_folder
     from qrl.training.trl import build_reward_trainer, load_tokenizer, resolve_base_model
 
     train_rows, eval_rows, counts, mined = reward_pairs(cfg)
@@ -176,7 +174,7 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
             prompts = [r["prompt"] for r in eval_rows]
             chosen = reward.score_texts(prompts, [r["chosen"] for r in eval_rows])
             rejected = reward.score_texts(prompts, [r["rejected"] for r in eval_rows])
-            margins = [c - r for c, r in zip(chosen, rejected)]
+            margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
             data["final"] = {"step": cfg.model.max_steps, "accuracy": sum(m > 0 for m in margins) / len(margins),
                              "margin": sum(margins) / len(margins), "pairs": len(margins)}
             folder.log_line(f"final model on {len(margins)} held-out pairs: accuracy {data['final']['accuracy']:.4f}, "

@@ -28,8 +28,9 @@ def resolve_base_model(name: str, allow_adapter: bool = False) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file() and not (allow_adapter and is_adapter(path)):
-            hint = (" (a LoRA adapter checkpoint: train from checkpoints/final, or resume with --resume_from_checkpoint)"
-                    if is_adapter(path) else " (no config.json)")
+            adapter = (" (a LoRA adapter checkpoint: train from checkpoints/final, or resume with "
+                       "--resume_from_checkpoint)")
+            hint = adapter if is_adapter(path) else " (no config.json)"
             raise UserError(f"--base_model {name}: not a model folder{hint}")
         return str(path)
     if name == EMBEDDED_MODEL_NAME:
@@ -44,7 +45,8 @@ def resolve_base_model(name: str, allow_adapter: bool = False) -> str:
     try:  # a hub id that the local Hugging Face cache (or a reachable hub) holds
         AutoConfig.from_pretrained(name)
     except OSError:
-        raise UserError(f"--base_model {name}: not a local folder, and not loadable from the Hugging Face cache") from None
+        raise UserError(
+            f"--base_model {name}: not a local folder, and not loadable from the Hugging Face cache") from None
     return name
 
 
