@@ -142,7 +142,8 @@ def test_reward_scale_multiplies_advantages_and_flat_groups_are_dropped(tiny_mod
     base = grpo_trainer(tiny_model, tmp_path / "a", reward, ["--scale_rewards", "none"])
     scaled = grpo_trainer(tiny_model, tmp_path / "b", reward,
                           ["--scale_rewards", "none", "--reward_scale", "3", "--drop_zero_variance_groups"])
-    batch = [{"prompt": [{"role": "user", "content": f"Write f{i}"}], "task_id": f"t{i}"} for i in (0, 1) for _ in range(4)]
+    batch = [{"prompt": [{"role": "user", "content": f"Write f{i}"}], "task_id": f"t{i}"}
+             for i in (0, 1) for _ in range(4)]
     base.model.train()
     scaled.model.train()
     out_a = base._generate_and_score_completions(batch)
