@@ -4,19 +4,15 @@ names importable from a checkout."""
 
 from __future__ import annotations
 
+from qrl.models.loading import load_tokenizer
+from qrl.training.ppo import AdaptiveKLController, PPOConfig, PPOTrainer, ppo_config
+from qrl.training.prompts import build_prompt, sample_completions
 from qrl.training.trl import (
-    AdaptiveKLController,
-    PPOConfig,
-    PPOTrainer,
     build_dpo_trainer,
     build_grpo_trainer,
-    build_prompt,
     build_reward_trainer,
     load_for_generation,
-    load_tokenizer,
-    ppo_config,
     resolve_base_model,
-    sample_completions,
     save_final_model,
     trl_arguments,
 )

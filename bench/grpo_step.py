@@ -29,9 +29,11 @@ def run_variant(variant: str, model: str, steps: int, generations: int, completi
 
     from qrl.config.arguments import RL_SECTIONS, parse_config
     from qrl.config.run_folder import RunFolder
+    from qrl.models.loading import load_tokenizer
     from qrl.problems import load_problems
     from qrl.training.paths import test_case_reward
-    from qrl.training.trl import build_grpo_trainer, build_prompt, load_tokenizer
+    from qrl.training.prompts import build_prompt
+    from qrl.training.trl import build_grpo_trainer
 
     cfg = parse_config(RL_SECTIONS, [
         "--base_model", model, "--max_steps", str(steps), "--save_steps", str(steps * 10), "--eval_steps", "0",

@@ -233,7 +233,8 @@ def measure_one(row: dict, model_path: str, steps: int) -> dict:
 
     from qrl.config.arguments import RL_SECTIONS, parse_config
     from qrl.config.run_folder import RunFolder
-    from qrl.training.trl import build_dpo_trainer, build_grpo_trainer, load_tokenizer
+    from qrl.models.loading import load_tokenizer
+    from qrl.training.trl import build_dpo_trainer, build_grpo_trainer
 
     tokenizer = load_tokenizer(model_path)
     tmp = tempfile.mkdtemp()

@@ -53,16 +53,12 @@ def run_variant(variant: str, model: str, steps: int, tokens: int, out: str) -> 
     from datasets import Dataset
 
     from qrl.config.run_folder import RunFolder
+    from qrl.models.loading import load_tokenizer
     from qrl.problems import load_problems
     from qrl.training.paths import test_case_reward
-    from qrl.training.trl import (
-        PPOTrainer,
-        build_grpo_trainer,
-        build_prompt,
-        load_tokenizer,
-        peft_config,
-        ppo_config,
-    )
+    from qrl.training.ppo import PPOTrainer, ppo_config
+    from qrl.training.prompts import build_prompt
+    from qrl.training.trl import build_grpo_trainer, peft_config
 
     cfg = options(model, steps, tokens, variant)
     problems = [p for p in load_problems(ROOT / "data" / "problems" / "python.jsonl") if p.split == "train"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import platform
-import random
 import shlex
 import shutil
 import sys
@@ -43,8 +41,8 @@ class RecipeArguments:
                 "(a relative path not found here is read from the toolkit's folder: the shipped problems)."})
     rounds: int = field(default=1, metadata={"help": "Rounds of training."})
     eval_each_round: bool = field(default=True, metadata={
-        "help": "Evaluate after every round; --no_eval_each_round evaluates the starting and the last model only, which "
-                "saves an evaluation a round (the longest step at a high --eval_num_samples)."})
+        "help": "Evaluate after every round; --no_eval_each_round evaluates the starting and the last model only, "
+                "which saves an evaluation a round (the longest step at a high --eval_num_samples)."})
     report: str = field(default="recipes/results/recipe.json", metadata={"help": "The report's JSON file."})
     resume: bool = field(default=False, metadata={
         "help": "Go on with the recipe in its existing folder, after an interruption or with more --rounds: finished "
@@ -181,7 +179,8 @@ class RecipeRun:
             "command": f"python recipes/{self.name}.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "settings": {"eval": EVAL_FLAGS, "extra": self.extra, "problems": self.problems, **settings},
             "machine": f"{platform.machine()}, {default_workers()} cores, Python {platform.python_version()}",
-            "wall_s": {"total": round(time.time() - self.started, 1), **{k: round(v, 1) for k, v in self.walls.items()}},
+            "wall_s": {"total": round(time.time() - self.started, 1),
+                       **{k: round(v, 1) for k, v in self.walls.items()}},
             **({"reused_steps": self.reused} if self.resume else {}),  # run by an earlier invocation: not in wall_s
             **more,
         })
@@ -221,20 +220,22 @@ def load_eval(folder: Path, label: str) -> dict[str, Any]:
 
 def sign_test(better: int, worse: int) -> float:
     """Two-sided exact sign test: the chance of a split at least this uneven if a change were a coin toss."""
-    n = better + worse
-    if n == 0:
+    if better + worse == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(better, worse) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+
+    return float(binomtest(better, better + worse, 0.5).pvalue)
 
 
 def bootstrap_interval(diffs: list[float], resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the mean per-problem change, resampling problems."""
+    """95% percentile interval of the mean per-problem change, resampling problems."""
     if not diffs:
         return (0.0, 0.0)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(resamples))
-    return (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1])
+    import numpy as np
+
+    means = np.random.default_rng(seed).choice(diffs, size=(resamples, len(diffs))).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return (float(low), float(high))
 
 
 # Besides pass@1, what an answer can get better at before it passes: more of its tests, and running at all. The tests
@@ -279,8 +280,8 @@ def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "problems_better": passed["problems_better"], "problems_worse": passed["problems_worse"],
         "solved_problems_change": after["solved_problems"] - before["solved_problems"],
         "sign_test_p": passed["sign_test_p"], "beyond_noise": passed["beyond_noise"],
-        "improved_tasks": [t for t, d in zip(tasks, diffs) if d > 0],
-        "worsened_tasks": [t for t, d in zip(tasks, diffs) if d < 0],
+        "improved_tasks": [t for t, d in zip(tasks, diffs, strict=True) if d > 0],
+        "worsened_tasks": [t for t, d in zip(tasks, diffs, strict=True) if d < 0],
         "secondary": {name: _moved(before, after, tasks, key)[1] for name, key in SECONDARY.items()
                       if all(key in e["per_problem"][t] for e in (before, after) for t in tasks)},
     }
@@ -298,7 +299,8 @@ def training_curves(folder: Path) -> dict[str, Any]:
 
 def compare(evals: list[dict[str, Any]], trainings: list[Path]) -> dict[str, Any]:
     return {
-        "held_out": {"problems": evals[0]["problems"], "samples_per_problem": evals[0]["samples"] // max(1, evals[0]["problems"])},
+        "held_out": {"problems": evals[0]["problems"],
+                     "samples_per_problem": evals[0]["samples"] // max(1, evals[0]["problems"])},
         "evaluations": evals,
         "change": change(evals[0], evals[-1]),
         "rounds": [change(a, b) for a, b in pairwise(evals)],
@@ -321,7 +323,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         values = [mean_rate(e, key) for key in rates.values()]
         xs = [j + (i - (len(evals) - 1) / 2) * width for j in range(len(rates))]
         left.bar(xs, values, width, label=e["label"], color="#999999" if i == 0 else None)
-        for x, v in zip(xs, values):
+        for x, v in zip(xs, values, strict=True):
             left.text(x, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ps = [c["sign_test_p"], c["secondary"]["tests_passed"]["sign_test_p"], c["secondary"]["error_free"]["sign_test_p"]]
     left.set_xticks(range(len(rates)), [f"{name}\np{_p(p)}" for name, p in zip(rates, ps, strict=True)])
@@ -334,7 +336,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         for key, style in (("rewards/margins", "-"), ("rewards/accuracies", "--"), ("reward", "-"), ("loss", ":")):
             points = [(s["step"] + offset, s[key]) for s in t["steps"] if key in s]
             if points:
-                right.plot(*zip(*points), style, label=f"{key.split('/')[-1]} (round {r})")
+                right.plot(*zip(*points, strict=True), style, label=f"{key.split('/')[-1]} (round {r})")
         offset = max([s["step"] + offset for s in t["steps"]], default=offset)
     right.set_xlabel("training step")
     right.set_title("training curves" if report["training"] else "no training run given")
@@ -387,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.evals:
         if not (Path(folder) / "logs" / "eval_results.json").is_file() or len(
                 RunFolder(Path(folder)).eval_samples()) != 1:
-            parser.exit(2, f"recipe_report.py: error: {folder} is not an --eval_only run folder (logs/eval_results.json "
-                           "and one results/samples_*.jsonl)\n")
+            parser.exit(2, f"recipe_report.py: error: {folder} is not an --eval_only run folder "
+                           "(logs/eval_results.json and one results/samples_*.jsonl)\n")
     for folder in args.training:
         if not (Path(folder) / "logs" / "rewards.json").is_file():
             parser.exit(2, f"recipe_report.py: error: {folder} is not a training run folder (no logs/rewards.json)\n")

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from trl.trainer.utils import entropy_from_logits
 
 from qrl.config.arguments import RL_SECTIONS, parse_config
 from qrl.rewards.learned import LearnedReward
-from qrl.training.paths import _prepare, run_ppo, train
-from qrl.training.trl import (
+from qrl.training.paths import prepare_run, run_ppo, train
+from qrl.training.ppo import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
     compute_gae,
-    entropy_from_logits,
     explained_variance,
     masked_whiten,
     token_rewards,
@@ -151,12 +151,12 @@ def test_any_reward_function_with_columns(tiny_model, tmp_path):
         "--max_completion_length", "8", "--max_seq_length", "64", "--ppo_epochs", "1", "--no_peft", "--adaptive_kl",
         "--kl_target", "0.001", "--kl_horizon", "10",
     ])
-    folder, resume, name = _prepare(cfg)
+    folder, resume, name = prepare_run(cfg)
     rows = [{"prompt": f"Write f{i}", "entry_point": f"f{i}"} for i in range(3)]
     run_ppo(cfg, folder, resume, name, reward, rows, [], method="ppo_test")
     prompts, completions, entry_points = seen[0]
     assert len(prompts) == len(completions) == len(entry_points) == 2
-    for prompt, completion, entry_point in zip(prompts, completions, entry_points):
+    for prompt, completion, entry_point in zip(prompts, completions, entry_points, strict=True):
         assert prompt == [{"role": "user", "content": f"Write {entry_point}"}]  # columns stay with their prompt
         assert completion[0]["role"] == "assistant"
     step = json.loads(folder.rewards_json.read_text())["steps"][0]
@@ -169,7 +169,7 @@ def test_learned_reward_scores_in_batches(tiny_reward_model):
     prompts = [[{"role": "user", "content": f"Write add{i}"}] for i in range(5)]
     completions = [[{"role": "assistant", "content": "def add(a, b):\n    return a + b\n" * (i + 1)}] for i in range(5)]
     batched = reward(prompts, completions)
-    one_by_one = [reward([p], [c])[0] for p, c in zip(prompts, completions)]
+    one_by_one = [reward([p], [c])[0] for p, c in zip(prompts, completions, strict=True)]
     assert batched == pytest.approx(one_by_one, abs=1e-5) and len(set(batched)) > 1
     texts = reward(["Write add: "], ["def add(a, b): return a + b"])  # plain text works too
     assert len(texts) == 1

@@ -231,7 +231,7 @@ def test_q_code_extraction(answer: str, code: str) -> None:
 def test_the_prompt_names_the_function_to_write(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from qrl.training.trl import build_prompt
+    from qrl.training.prompts import build_prompt
 
     chat = SimpleNamespace(chat_template="{{ messages }}")
     (content,) = (m["content"] for m in build_prompt(q_humaneval(tmp_path), chat))

@@ -43,7 +43,8 @@ def test_model_resolution(tmp_path, tiny_model):
 
 from types import SimpleNamespace  # noqa: E402
 
-from qrl.training.trl import build_grpo_trainer, build_prompt, check_vllm, prompt_text, truncate_prompt  # noqa: E402
+from qrl.training.prompts import build_prompt, prompt_text, truncate_prompt  # noqa: E402
+from qrl.training.trl import build_grpo_trainer, check_vllm  # noqa: E402
 
 
 def problem(prompt="Write a Python function `add(a, b)` returning a + b.", language="python", joins=False):
@@ -52,7 +53,7 @@ def problem(prompt="Write a Python function `add(a, b)` returning a + b.", langu
 
 
 def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
-    from qrl.training.trl import load_tokenizer
+    from qrl.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     chat = build_prompt(problem(), tok)
@@ -66,7 +67,7 @@ def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
 
 
 def test_truncation_cuts_from_the_left_and_keeps_the_end(tiny_model):
-    from qrl.training.trl import load_tokenizer
+    from qrl.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     long = problem("blah " * 300 + "Write a Python function `add(a, b)`.")
@@ -81,7 +82,8 @@ def test_sampling_shows_progress_only_when_labelled(tiny_model, capsys):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from qrl.training.trl import load_tokenizer, sample_completions
+    from qrl.models.loading import load_tokenizer
+    from qrl.training.prompts import sample_completions
 
     tok = load_tokenizer(str(tiny_model))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
@@ -112,7 +114,7 @@ def test_use_vllm_without_vllm_is_a_clear_error(monkeypatch):
 def grpo_trainer(tiny_model, tmp_path, reward, extra=()):
     from datasets import Dataset
 
-    from qrl.training.trl import load_tokenizer
+    from qrl.models.loading import load_tokenizer
 
     cfg = parse_config(RL_SECTIONS, ["--max_steps", "1", "--batch_size", "8", "--gradient_accumulation_steps", "1",
                                      "--num_generations", "4", "--max_completion_length", "8", "--kl_coef", "0.3",
@@ -140,7 +142,8 @@ def test_reward_scale_multiplies_advantages_and_flat_groups_are_dropped(tiny_mod
     base = grpo_trainer(tiny_model, tmp_path / "a", reward, ["--scale_rewards", "none"])
     scaled = grpo_trainer(tiny_model, tmp_path / "b", reward,
                           ["--scale_rewards", "none", "--reward_scale", "3", "--drop_zero_variance_groups"])
-    batch = [{"prompt": [{"role": "user", "content": f"Write f{i}"}], "task_id": f"t{i}"} for i in (0, 1) for _ in range(4)]
+    batch = [{"prompt": [{"role": "user", "content": f"Write f{i}"}], "task_id": f"t{i}"}
+             for i in (0, 1) for _ in range(4)]
     base.model.train()
     scaled.model.train()
     out_a = base._generate_and_score_completions(batch)

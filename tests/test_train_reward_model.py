@@ -10,7 +10,6 @@ from conftest import preference_rows, write_jsonl
 
 from qrl.cli import reward_model as main
 from qrl.config.arguments import (
-    REWARD_MODEL_CONFIG,
     REWARD_MODEL_SECTIONS,
     RL_SECTIONS,
     ModelArguments,
@@ -27,6 +26,7 @@ from qrl.data.preferences import (
     split_by_prompt,
 )
 from qrl.data.records import DataError, Record
+from qrl.resources import REWARD_MODEL_CONFIG
 from qrl.training.reward_models import parse_options, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,8 +145,8 @@ def test_reward_model_on_pairs_writes_the_run_folder(rm_argv, preference_file):
     # the reward function scores exactly the tokens the trainer trained on
     from trl.data_utils import _tokenize
 
+    from qrl.models.loading import reward_model_texts
     from qrl.rewards.learned import LearnedReward
-    from qrl.training.trl import reward_model_texts
 
     reward = LearnedReward(str(folder.final_model))
     row = preference_rows(1)[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,11 +17,11 @@ from typing import Any
 
 import yaml
 
+from qrl.config.hf_argparser import HfArgumentParser
+from qrl.config.quality_options import QualityConfig
 from qrl.data.records import UserError
-from qrl.resources import DEFAULT_CONFIG, REWARD_MODEL_CONFIG, SHIPPED
-from qrl.rewards.quality import QualityConfig
-
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+from qrl.models.embedded import EMBEDDED_MODEL_NAME
+from qrl.resources import DEFAULT_CONFIG, SHIPPED
 
 
 class ConfigError(UserError):
@@ -182,7 +181,9 @@ class RewardArguments:
     reward_pass: float = _opt(1.0, "Weight of passing every test (binary).")
     reward_partial: float = _opt(0.5, "Weight of the fraction of tests passed (partial credit).")
     reward_all_pass_bonus: float = _opt(0.2, "Bonus when every test passes.")
-    reward_time: float = _opt(0.1, "Weight of the time-efficiency score (CPU time against the reference; passing only).")
+    reward_time: float = _opt(
+        0.1, "Weight of the time-efficiency score (CPU time against the reference; passing only)."
+    )
     reward_quality: float = _opt(0.2, "Weight of the code-quality score on the default path (test cases + quality).")
     reward_learned: float = _opt(
         0.0, "Weight of a learned reward model's score (--reward_model_path) on the default path (0: not used)."
@@ -352,36 +353,14 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _hf_argument_parser() -> type:
-    """transformers' HfArgumentParser. Its module needs only the standard library and yaml, while importing the
-    transformers package costs half a second: the scorer's command line (which trains nothing) loads the module
-    file alone. Anything else, or a transformers whose module has grown imports, goes the usual way."""
-    if "transformers" not in sys.modules:
-        spec = importlib.util.find_spec("transformers")
-        folder = spec.submodule_search_locations if spec else None
-        if folder:
-            module_spec = importlib.util.spec_from_file_location(
-                "_qrl_hf_argparser", Path(list(folder)[0]) / "hf_argparser.py"
-            )
-            if module_spec and module_spec.loader:
-                module = importlib.util.module_from_spec(module_spec)
-                try:
-                    module_spec.loader.exec_module(module)
-                    return module.HfArgumentParser
-                except ImportError:
-                    pass
-    from transformers import HfArgumentParser
-
-    return HfArgumentParser
-
-
 def build_parser(
     sections: dict[str, type], prog: str | None = None, description: str | None = None,
     default_config: Path | None = DEFAULT_CONFIG,
 ):
-    """transformers' HfArgumentParser over the sections, reporting errors as one line instead of usage text."""
+    """transformers' HfArgumentParser (vendored: see hf_argparser) over the sections, reporting errors as one line
+    instead of usage text."""
 
-    class Parser(_hf_argument_parser()):  # type: ignore[misc]
+    class Parser(HfArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
             raise ConfigError(f"{message} (see --help)")
 
@@ -528,7 +507,8 @@ def update_readme(path: Path) -> None:
 
     text = path.read_text(encoding="utf-8")
     pattern = re.compile(r"(<!-- options:start.*?-->\n).*?(\n<!-- options:end -->)", re.S)
-    path.write_text(pattern.sub(lambda m: m.group(1) + options_markdown(RL_SECTIONS) + m.group(2), text), encoding="utf-8")
+    table = options_markdown(RL_SECTIONS)
+    path.write_text(pattern.sub(lambda m: m.group(1) + table + m.group(2), text), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -187,9 +187,9 @@ class RunFolder:
             cols = min(3, len(groups))
             rows = math.ceil(len(groups) / cols)
             fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
-            for ax, (group, series) in zip(axes.flat, sorted(groups.items())):
+            for ax, (group, series) in zip(axes.flat, sorted(groups.items()), strict=False):
                 for key, points in sorted(series.items()):
-                    xs, ys = zip(*points)
+                    xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=key)
                 ax.set_title(group)
                 ax.set_xlabel("step")
@@ -255,7 +255,6 @@ class RunFolderCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.folder.log_line(f"training ended at step {state.global_step}")
-            self.folder.plot()
 
 
 def _fmt(value: Any) -> str:

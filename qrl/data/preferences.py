@@ -249,18 +249,26 @@ class MiningCounts:
             self.pairs_by_reason[reason] += 1
 
 
+def seeded_split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """The one train/eval split: ``fraction`` of the items (at least one) held out by a seeded shuffle, both parts
+    in the items' own order; nothing held out from fewer than two items or at a fraction of 0."""
+    if len(items) < 2 or fraction <= 0:
+        return list(items), []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(len(items) * fraction))])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
 def split_by_prompt(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out whole prompts, so that pairs sharing a prompt never sit on both sides of the split."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(repr(row["prompt"]), []).append(row)
-    keys = list(groups)
-    if len(keys) < 2 or fraction <= 0:
+    if len(groups) < 2 or fraction <= 0:
         return rows, []
-    random.Random(seed).shuffle(keys)
-    held = set(keys[: max(1, round(len(keys) * fraction))])
-    train = [r for k in keys if k not in held for r in groups[k]]
-    return train, [r for k in keys if k in held for r in groups[k]]
+    train, held = seeded_split(list(groups), fraction, seed)
+    return [r for k in train for r in groups[k]], [r for k in held for r in groups[k]]
 
 
 def same_form(rows: list[dict[str, Any]], what: str) -> None:

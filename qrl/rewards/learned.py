@@ -29,7 +29,7 @@ class LearnedReward(Scorer):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from qrl.training.trl import check_reward_model, load_tokenizer
+        from qrl.models.loading import check_reward_model, load_tokenizer
 
         folder = check_reward_model(path)
         self.tokenizer = load_tokenizer(str(folder))
@@ -41,7 +41,7 @@ class LearnedReward(Scorer):
 
     def score_texts(self, prompts: list, completions: list) -> list[float]:
         """One score per (prompt, answer); prompts are text or messages, answers text or assistant messages."""
-        from qrl.training.trl import reward_model_texts, score_texts
+        from qrl.models.loading import reward_model_texts, score_texts
 
         if not completions:
             return []
@@ -59,7 +59,7 @@ class LearnedReward(Scorer):
         return scores
 
     def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
-        from qrl.training.trl import as_chat
+        from qrl.models.loading import as_chat
 
         prompts = []
         for s in samples:

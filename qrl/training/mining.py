@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import qrl.languages  # noqa: F401 -- registers the languages besides Python (their formats, executors)
 from qrl.config.arguments import Config
@@ -31,7 +32,8 @@ def mine(cfg: Config, scorer: Scorer | None = None) -> tuple[list[dict[str, Any]
     from transformers import set_seed
 
     from qrl.problems import load_problems
-    from qrl.training.trl import build_prompt, load_for_generation, resolve_base_model, sample_completions
+    from qrl.training.prompts import build_prompt, sample_completions
+    from qrl.training.trl import load_for_generation, resolve_base_model
 
     m = cfg.mining
     problems = [p for p in load_problems(m.mine_pairs_from) if p.split != "eval"]  # held-out problems never train
@@ -86,13 +88,13 @@ def sandbox_scorer(cfg: Config) -> Scorer:
 
         r = getattr(cfg, "rewards", None)
         tests = TestCaseReward(problems, workers=r.workers if r else None, timeout=r.timeout if r else None)
-        samples = [Sample(a, p.task_id) for p, group in zip(problems, answers) for a in group]
+        samples = [Sample(a, p.task_id) for p, group in zip(problems, answers, strict=True) for a in group]
         with CompositeReward(tests, quality=getattr(cfg, "quality", None)) as composite:
             results = iter(composite.score_samples(samples))
         out = []
         for group in answers:
             judged = []
-            for text, result in zip(group, results):
+            for text, result in zip(group, results, strict=False):  # results: one iterator over all groups
                 if result.reward is not None:
                     judged.append(ScoredAnswer(text, result.tests_passed, result.tests_total,
                                                result.components.get("quality", 0.0)))

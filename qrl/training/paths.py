@@ -1,43 +1,42 @@
-"""The training paths: one function per path, all writing the same run folder.
+"""The training paths ``run_rl.py`` dispatches to, one function per path, all writing the same run folder; and
+``--eval_only`` evaluation.
 
 - ``train_dpo``: Direct Preference Optimization on preference pairs (TRL DPOTrainer), or on pairs mined
   from test runs (``--mine_pairs_from``).
+- ``train_grpo``: GRPO on rewards from running the sampled code: test cases only (``--test_case_rewards_only``),
+  or the default path's composite of test cases, code quality and optionally a reward model; with
+  ``--rl_algorithm ppo`` the same problems and reward go to PPO instead.
 - ``train_ppo``: PPO against a learned reward model (``--use_reward_model``); ``run_ppo`` takes any reward
-  function, for ``--rl_algorithm ppo`` on the test-case paths.
-- GRPO on test-case rewards, the default composite path, and PPO on a learned reward are added by their
-  own issues; until then they stop at start with a clear line.
+  function.
+- ``evaluate_only``: pass@k of a model or checkpoint on held-out problems (``--eval_only``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import qrl.languages  # noqa: F401 -- registers the languages besides Python (their formats, executors)
 from qrl.config.arguments import Config
 from qrl.config.run_folder import RunFolder, RunFolderCallback, atomic_write
 from qrl.data.records import DataError, UserError, load_preferences, read_records, require_fields
+from qrl.models.loading import as_chat, check_reward_model, load_tokenizer
 from qrl.resources import PREFERENCES as SHIPPED_PREFERENCES
 from qrl.resources import PREFERENCES_EVAL as SHIPPED_PREFERENCES_EVAL
 from qrl.resources import PROBLEMS as SHIPPED_PROBLEMS
+from qrl.training.ppo import PPOTrainer, ppo_config
+from qrl.training.prompts import build_prompt, sample_completions, truncate_prompt
 from qrl.training.trl import (
-    PPOTrainer,
-    as_chat,
     build_dpo_trainer,
     build_grpo_trainer,
-    build_prompt,
-    check_reward_model,
     check_scaling,
     check_vllm,
     check_wandb,
     load_for_generation,
-    load_tokenizer,
     peft_config,
-    ppo_config,
     resolve_base_model,
-    sample_completions,
     save_final_model,
-    truncate_prompt,
 )
 
 METHODS = {
@@ -65,7 +64,7 @@ def train(cfg: Config) -> RunFolder:
     if cfg.evaluation.eval_only:
         return evaluate_only(cfg)
     _check_method_options(cfg, method)
-    folder, resume, name = _prepare(cfg)
+    folder, resume, name = prepare_run(cfg)
     from accelerate import PartialState
 
     state = PartialState(cpu=_no_accelerator())
@@ -97,7 +96,7 @@ def _check_method_options(cfg: Config, method: str) -> None:
         check_reward_model(cfg.data.reward_model_path)
 
 
-def _prepare(cfg: Config, name: str | None = None) -> tuple[RunFolder, Path | None, str]:
+def prepare_run(cfg: Config, name: str | None = None) -> tuple[RunFolder, Path | None, str]:
     """Every check that can fail on bad input, before anything is written."""
     name = name or run_name(cfg)
     folder = RunFolder(Path(cfg.run.output_dir) / name)
@@ -133,7 +132,7 @@ def train_dpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) ->
         name,
         callbacks=[RunFolderCallback(folder, "dpo")],
     )
-    _run(trainer, tokenizer, folder, cfg, resume, on_create=on_create)
+    train_in_folder(trainer, tokenizer, folder, cfg, resume, on_create=on_create)
 
 
 def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict], Callable[[], None]]:
@@ -149,7 +148,8 @@ def _mined_splits(cfg: Config, folder: RunFolder) -> tuple[list[dict], list[dict
     if cfg.data.eval_data:
         train_rows, eval_rows = rows, load_preferences(cfg.data.eval_data)
     else:
-        train_rows, eval_rows = split_by_prompt(rows, cfg.data.eval_split if cfg.model.eval_steps else 0, cfg.model.seed)
+        fraction = cfg.data.eval_split if cfg.model.eval_steps else 0
+        train_rows, eval_rows = split_by_prompt(rows, fraction, cfg.model.seed)
     same_form(train_rows + eval_rows, "the DPO pairs")
     return train_rows, eval_rows, lambda: mining.write_mined(folder, mined, counts, cfg.mining.mine_pairs_from)
 
@@ -192,7 +192,7 @@ def run_ppo(cfg: Config, folder: RunFolder, resume: Path | None, name: str, rewa
     chat_eval = [{**r, "prompt": as_chat(tokenizer, r["prompt"])} for r in eval_rows]
     trainer = PPOTrainer(model_path, ppo_config(cfg, folder, name), tokenizer, reward_fn, chat, chat_eval,
                          peft_config=peft_config(cfg), callbacks=[RunFolderCallback(folder, method)])
-    _run(trainer, tokenizer, folder, cfg, resume)
+    train_in_folder(trainer, tokenizer, folder, cfg, resume)
 
 
 def _check_ppo_options(cfg: Config) -> None:
@@ -262,18 +262,15 @@ def _preference_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
         return rows, []
     if not d.eval_split < 1:
         raise DataError(f"--eval_split must be below 1 (got {d.eval_split})")
-    n_eval = max(1, round(len(rows) * d.eval_split))
-    import random
+    from qrl.data.preferences import seeded_split
 
-    order = list(range(len(rows)))
-    random.Random(cfg.model.seed).shuffle(order)
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    return seeded_split(rows, d.eval_split, cfg.model.seed)
 
 
-def _run(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None,
-         on_create: Callable[[], None] | None = None, after_train: Callable[[], None] | None = None) -> None:
-    """Train with the run folder in place; a failure before the first checkpoint leaves nothing behind.
+def train_in_folder(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None,
+                    on_create: Callable[[], None] | None = None, after_train: Callable[[], None] | None = None) -> None:
+    """Train with the run folder in place; a failure before the first checkpoint leaves nothing behind. The final
+    model is saved and the curves plotted (once per run) at the end.
 
     ``on_create`` writes the path's own files once the folder exists; ``after_train`` runs before trackers close.
     """
@@ -305,8 +302,6 @@ def _end(trainer) -> None:
         end()
 
 
-
-
 def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> None:
     """GRPO with rewards from running the sampled code: test cases only, or test cases plus code quality."""
     from datasets import Dataset
@@ -326,7 +321,8 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
         finally:
             tests.close()
         return
-    evaluator = PassAtKEvaluator(cfg, eval_problems, tokenizer, tests) if eval_problems and cfg.model.eval_steps > 0 else None
+    evaluate = eval_problems and cfg.model.eval_steps > 0
+    evaluator = PassAtKEvaluator(cfg, eval_problems, tokenizer, tests) if evaluate else None
     eval_dataset = Dataset.from_list(_prompt_rows(cfg, eval_problems, tokenizer)[0]) if evaluator else None
     trainer = build_grpo_trainer(
         cfg, model_path, tokenizer, Dataset.from_list(rows), eval_dataset, [reward.async_reward], folder, name,
@@ -343,7 +339,7 @@ def train_grpo(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -
                 f"{args.num_generations}): add problems, or lower --batch_size or --gradient_accumulation_steps")
         if truncated and trainer.accelerator.is_main_process:
             print(f"--max_prompt_length: truncated {truncated} of {len(rows)} prompts from the left", flush=True)
-        _run(trainer, tokenizer, folder, cfg, resume)
+        train_in_folder(trainer, tokenizer, folder, cfg, resume)
     finally:
         tests.close()
 
@@ -430,13 +426,10 @@ def _problem_splits(cfg: Config) -> tuple[list, list]:
         evaluation = load_problems(d.eval_data)
     elif len(train) < len(problems):
         evaluation = [p for p in problems if p.split == "eval"]
-    elif cfg.model.eval_steps > 0 and d.eval_split > 0 and len(train) > 1:
-        import random
+    elif cfg.model.eval_steps > 0:
+        from qrl.data.preferences import seeded_split
 
-        order = list(range(len(train)))
-        random.Random(cfg.model.seed).shuffle(order)
-        held = set(order[:max(1, round(len(train) * d.eval_split))])
-        train, evaluation = [p for i, p in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
+        train, evaluation = seeded_split(train, d.eval_split, cfg.model.seed)
     else:
         evaluation = []
     limit = cfg.evaluation.eval_max_problems
@@ -496,10 +489,10 @@ class PassAtKEvaluator:
         answers = answers[:len(mine)]
         from qrl.rewards.base import Sample
 
-        batch = [Sample(a, p.task_id) for p, group in zip(mine, answers) for a in group]
+        batch = [Sample(a, p.task_id) for p, group in zip(mine, answers, strict=True) for a in group]
         samples = [
             {**r.to_json(), "completion": s.completion}
-            for s, r in zip(batch, self.scorer.score_samples(batch))
+            for s, r in zip(batch, self.scorer.score_samples(batch), strict=True)
         ]
         if accelerator is not None and world > 1:
             from accelerate.utils import gather_object

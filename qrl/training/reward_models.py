@@ -12,12 +12,10 @@ FILE), then these flags. The model lands in OUTPUT_DIR/<run name>/checkpoints/fi
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from qrl.config.arguments import REWARD_MODEL_SECTIONS, Config, parse_config, validate_training
+from qrl.config.arguments import REWARD_MODEL_SECTIONS, Config, parse_config
 from qrl.config.run_folder import RunFolder
 from qrl.data.records import DataError, UserError, load_preferences
 from qrl.resources import REWARD_MODEL_CONFIG
@@ -103,7 +101,9 @@ def _sample(cfg: Config, prompts: list) -> list[list[str]]:
     """One answer per prompt from the policy, for --demo_negatives policy/both."""
     from transformers import set_seed
 
-    from qrl.training.trl import as_chat, load_for_generation, resolve_base_model, sample_completions
+    from qrl.models.loading import as_chat
+    from qrl.training.prompts import sample_completions
+    from qrl.training.trl import load_for_generation, resolve_base_model
 
     model, tokenizer = load_for_generation(resolve_base_model(cfg.mining.policy_model or cfg.model.base_model), cfg)
     set_seed(cfg.model.seed)
@@ -113,9 +113,9 @@ def _sample(cfg: Config, prompts: list) -> list[list[str]]:
 
 
 def train_reward_model(cfg: Config) -> RunFolder:
-    from qrl.training.paths import _prepare
+    from qrl.training.paths import prepare_run
 
-    folder, resume, name = _prepare(cfg, run_name(cfg))
+    folder, resume, name = prepare_run(cfg, run_name(cfg))
     try:
         _train(cfg, folder, resume, name)
     except BaseException:
@@ -129,8 +129,9 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
     from transformers import TrainerCallback
 
     from qrl.config.run_folder import RunFolderCallback
-    from qrl.training.paths import _run, stop_after_mining
-    from qrl.training.trl import build_reward_trainer, load_tokenizer, resolve_base_model
+    from qrl.models.loading import load_tokenizer
+    from qrl.training.paths import stop_after_mining, train_in_folder
+    from qrl.training.trl import build_reward_trainer, resolve_base_model
 
     train_rows, eval_rows, counts, mined = reward_pairs(cfg)
     if cfg.mining.mine_only:
@@ -175,7 +176,7 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
             prompts = [r["prompt"] for r in eval_rows]
             chosen = reward.score_texts(prompts, [r["chosen"] for r in eval_rows])
             rejected = reward.score_texts(prompts, [r["rejected"] for r in eval_rows])
-            margins = [c - r for c, r in zip(chosen, rejected)]
+            margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
             data["final"] = {"step": cfg.model.max_steps, "accuracy": sum(m > 0 for m in margins) / len(margins),
                              "margin": sum(margins) / len(margins), "pairs": len(margins)}
             folder.log_line(f"final model on {len(margins)} held-out pairs: accuracy {data['final']['accuracy']:.4f}, "
@@ -183,5 +184,5 @@ def _train(cfg: Config, folder: RunFolder, resume: Path | None, name: str) -> No
         data.update(train_pairs=len(train_rows), eval_pairs=len(eval_rows), sources=counts)
         folder.write_json(folder.eval_json, data)
 
-    _run(trainer, tokenizer, folder, cfg, resume, on_create=on_create, after_train=after_train)
+    train_in_folder(trainer, tokenizer, folder, cfg, resume, on_create=on_create, after_train=after_train)
 
