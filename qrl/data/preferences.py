@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qrl.data.records import DataError, Record, read_records, require_fields
+from qrl.data.records import DataError, Record, is_messages, read_records, require_fields
 
 FORMATS = ("pairs", "rankings", "demonstrations")
 _FORMAT_FIELDS = {"pairs": ("prompt", "chosen", "rejected"), "rankings": ("prompt", "responses"),
@@ -51,12 +51,6 @@ def load_reward_data(path: str, data_format: str = "auto") -> tuple[str, list[Re
     for record in records:
         require_fields(record, _FORMAT_FIELDS[fmt])
     return fmt, records
-
-
-def is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    )
 
 
 def _check_text(record: Record, name: str, value: Any) -> Text:

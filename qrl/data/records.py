@@ -158,6 +158,13 @@ def _records_from_rows(path: Path, rows: list) -> list[Record]:
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
 
+def is_messages(value: Any) -> bool:
+    """A conversation: a non-empty list of messages, each with a text ``role`` and ``content``."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+
+
 def load_preferences(path: str | Path) -> list[dict[str, Any]]:
     """Preference pairs as TRL's DPOTrainer takes them: plain text or conversational messages, not mixed."""
     rows, form = [], None
@@ -181,8 +188,6 @@ def _text_or_messages(record: Record, name: str) -> str:
         if not value.strip():
             raise DataError(f"{record.where}: field '{name}' is empty")
         return "text"
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ):
+    if is_messages(value):
         return "messages"
     raise DataError(f"{record.where}: field '{name}' must be text or a list of {{role, content}} messages")
