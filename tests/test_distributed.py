@@ -51,8 +51,11 @@ def kill_after_first_checkpoint(config: str, argv: list[str], cwd: Path, run: Pa
                 assert time.monotonic() < deadline, "no checkpoint within 300 s"
                 time.sleep(0.05)
         finally:  # the ranks run in sessions of their own: kill the whole tree, not a process group
-            launcher = psutil.Process(proc.pid)
-            tree = [*launcher.children(recursive=True), launcher]
+            try:
+                launcher = psutil.Process(proc.pid)
+                tree = [*launcher.children(recursive=True), launcher]
+            except psutil.NoSuchProcess:  # it ended already: the assertion above says why
+                tree = []
             for p in tree:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     p.send_signal(signal.SIGKILL)
