@@ -136,7 +136,8 @@ def run_baseline(scripts: list[Path]) -> float:
 
 def takes_calibration_cache(checkout: Path) -> bool:
     """Whether a checkout's scorer has ``--calibration_cache`` (older ones calibrate anew in every run)."""
-    return "calibration_cache" in (checkout / "reward_model.py").read_text()
+    sources = [checkout / "reward_model.py", *checkout.glob("qrl/rewards/*.py")]  # flat or packaged checkout
+    return any("calibration_cache" in source.read_text() for source in sources if source.is_file())
 
 
 def run_scorer(problem_file: Path, completion_file: Path, folder: Path, workers: int, checkout: Path = ROOT,

@@ -49,7 +49,8 @@ def test_the_wheel_holds_the_package_the_command_and_the_shipped_files(wheel: Pa
 
 
 def test_installed_package_works_from_an_empty_folder(installed: Path, tmp_path: Path, tiny_model: Path) -> None:
-    """`import qrl` and `qrl` from a folder with nothing in it: the package's own files, not the checkout's."""
+    """`import qrl` and `qrl` from a folder with nothing in it: the package's own files, not the checkout's; the
+    shipped problems lie among the installed packages, which programs see, yet programs cannot read them."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     where = run(str(installed / "bin" / "python"), "-c", "import qrl, qrl.resources as r; "
@@ -57,6 +58,12 @@ def test_installed_package_works_from_an_empty_folder(installed: Path, tmp_path:
     assert where.returncode == 0, where.stderr[-2000:]
     path, files = where.stdout.splitlines()
     assert Path(path).is_relative_to(installed) and files == "True True"
+    probe = ("from qrl.execution import Sandbox, Program\nimport qrl.resources as r\nwith Sandbox(1) as sb:\n"
+             "    got = sb.run(Program(f'print(repr(open({str(r.PROBLEMS)!r}).read()[:20]))'))\n"
+             "print(got.stdout.strip() or got.stderr.strip().splitlines()[-1])")
+    seen = run(str(installed / "bin" / "python"), "-c", probe)
+    shown = seen.stdout.strip()
+    assert seen.returncode == 0 and (shown == "''" or shown.startswith("FileNotFoundError")), (shown, seen.stderr)
     qrl = str(installed / "bin" / "qrl")
     assert run(qrl, "--help").returncode == 0
     assert "--problems" in run(qrl, "score", "--help").stdout

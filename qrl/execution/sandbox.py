@@ -248,6 +248,9 @@ def _server_args(preload: list[str], options: dict, expose: Iterable[str], hide:
     """The server imports this package from where this file lies (``PYTHONPATH``), never from the working folder
     (``-P``): a program's files in its working folder can never shadow a module."""
     folders = sorted({os.path.abspath(p) for p in expose if os.path.isdir(p)})
+    # The toolkit's own folder too: installed, it lies among the visible packages and holds the shipped problems
+    # (the servers preloaded what programs run of it).
+    hide = [*hide, os.path.join(_PACKAGE_PARENT, "qrl")]
     hidden = sorted({os.path.abspath(p) for p in hide if os.path.lexists(p)})
     spec = {"preload": preload, **options, "expose": folders, "hide": hidden}
     bootstrap = "import sys; from qrl.execution import server; server.serve(*sys.argv[1:])"
