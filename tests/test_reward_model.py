@@ -240,8 +240,9 @@ def test_infra_errors_are_not_scored_and_not_cached(problem_file: Path) -> None:
 def test_a_judging_bug_costs_one_answer_not_the_batch(
     scorer: TestCaseReward, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure of ours on one odd answer (reading it, preparing it, judging it) makes that answer infra_error:
-    the others get their verdicts and the scorer goes on."""
+    """A failure of ours on one odd answer (reading it, preparing it) makes that answer infra_error: the others get
+    their verdicts and the scorer goes on. A failure while judging a run that shared the harness's process (these
+    call tests do) is the answer's own runtime_error: such a program writes the report it is judged on."""
     executor = problems.PythonExecutor
     prepare, judge = executor.prepare, executor.judge
 
@@ -262,14 +263,15 @@ def test_a_judging_bug_costs_one_answer_not_the_batch(
     batch = [good, ("noref", "def one():\n    'JUDGE_BUG'\n    return 1\n"), ("noref", "# PREPARE_BUG\n"),
              ("noref", "READ_BUG"), ("noref", "def one():\n    return 2\n")]  # fmt: skip
     results = score(scorer, batch)
-    assert [r.status for r in results] == ["passed", "infra_error", "infra_error", "infra_error", "failed"]
-    assert [r.reward for r in results[1:4]] == [None, None, None]
+    assert [r.status for r in results] == ["passed", "runtime_error", "infra_error", "infra_error", "failed"]
+    assert results[1].reward is not None and [r.reward for r in results[2:4]] == [None, None]
     assert "judging the answer failed: ValueError: judge bug" in results[1].detail
     assert "preparing the answer failed: KeyError" in results[2].detail
     assert "reading the answer failed: ZeroDivisionError" in results[3].detail
-    monkeypatch.setattr(executor, "judge", judge)
-    again = score(scorer, batch[1:2])  # not cached: once the bug is gone, the answer is judged
-    assert (again[0].status, again[0].cached) == ("passed", False)
+    monkeypatch.setattr(executor, "prepare", prepare)
+    again = score(scorer, batch[2:3])  # not cached: once the bug is gone, the answer is judged
+    assert (again[0].status, again[0].cached) == ("runtime_error", False)  # judged: it defines no one()
+    assert "one" in again[0].detail
 
 
 # ------------------------------------------------------------------------------------------------ attacks
