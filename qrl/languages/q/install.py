@@ -125,13 +125,14 @@ def check_pykx(timeout: float = 180.0) -> None:
     folder = pykx_folder()
     if folder is None:
         raise UserError(PYKX_MISSING)
-    probe = ("import sys\nsys.path.insert(0, sys.argv[1])\nimport pykx\n"
+    probe = ("import sys\nimport pykx\n"
              "ok = bool(getattr(pykx, 'licensed', False))\n"
              "ok = ok and int(pykx.q('1+1').py()) == 2\n"
              "sys.stdout.write('qrl-licensed' if ok else 'qrl-unlicensed')\n")  # fmt: skip
-    env = {**os.environ, **pykx_env()}
+    path = os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH", "")) if p)  # PyKX's own folder first
+    env = {**os.environ, **pykx_env(), "PYTHONPATH": path}
     try:
-        done = subprocess.run([sys.executable, "-c", probe, folder], stdin=subprocess.DEVNULL, capture_output=True,
+        done = subprocess.run([sys.executable, "-c", probe], stdin=subprocess.DEVNULL, capture_output=True,
                               env=env, timeout=timeout, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise UserError(f"Q-HumanEval problems run through PyKX, which did not start in {timeout:g}s") from None
