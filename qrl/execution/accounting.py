@@ -255,7 +255,7 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def tree_usage(pids: Iterable[int], memory_limit: int, waits: bool) -> tuple[int, float, float]:
+def tree_usage(pids: Iterable[int], memory_limit: float, waits: bool) -> tuple[int, float, float]:
     """Memory, CPU seconds and the longest run-queue wait of one thread (seconds) of the live processes ``pids``,
     from /proc (10 ms CPU resolution). Memory is the proportional set size (pages a fork shares with its parent count
     once, not once per process), read only when the resident pages alone exceed ``memory_limit``: PSS is never more

@@ -519,8 +519,10 @@ class _Watch:
     def check(self) -> tuple[str | None, str]:
         limits, server = self.limits, self.server
         pids = descendants(os.getpid())
-        memory, cpu, waited = tree_usage(pids, limits.memory, HAS_SCHEDSTAT and limits.wall_stretch > 0)
-        if server.memory.cgroup is not None:
+        counted = server.memory.cgroup is not None  # then the cgroup's count decides: no PSS walk for nothing
+        pss_above = math.inf if counted else limits.memory
+        memory, cpu, waited = tree_usage(pids, pss_above, HAS_SCHEDSTAT and limits.wall_stretch > 0)
+        if counted:
             memory = limits.memory + 1 if server.memory.over() else 0
         else:
             memory += held_shared_memory(pids, set(), server.mount_ns)
