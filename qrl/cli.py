@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from qrl.config import interrupts
 from qrl.data.records import UserError
 
 RL_DOC = "Reinforcement learning for code-generation models (Q/kdb+ and Python)."
@@ -28,16 +29,21 @@ def rl(argv: Sequence[str] | None = None, prog: str = "run_rl.py") -> int:
     from qrl.config.arguments import RL_SECTIONS, parse_config, validate_training
 
     _quiet_known_warnings()
+    cfg = None
     try:
-        cfg = parse_config(RL_SECTIONS, None if argv is None else list(argv), prog=prog, description=RL_DOC)
-        validate_training(cfg)
-        from qrl.training import paths  # heavy imports only once the options are known to be good
+        with interrupts.handle_signals(prog):
+            cfg = parse_config(RL_SECTIONS, None if argv is None else list(argv), prog=prog, description=RL_DOC)
+            validate_training(cfg)
+            from qrl.training import paths  # heavy imports only once the options are known to be good
 
-        paths.method_of(cfg)
-        folder = paths.train(cfg)
+            paths.method_of(cfg)
+            folder = paths.train(cfg)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except interrupts.Interrupted as e:
+        during = "--eval_only: no results written" if cfg and cfg.evaluation.eval_only else "start-up: nothing saved"
+        return _interrupted(prog, e, during)
     if os.environ.get("RANK", "0") == "0":
         print(f"Run folder: {folder.root}")
     return 0
@@ -50,16 +56,28 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
 
     _quiet_known_warnings()
     try:
-        cfg = parse_options(None if argv is None else list(argv), prog=prog)
-        validate_training(cfg)
-        folder = train_reward_model(cfg)
+        with interrupts.handle_signals(prog):
+            cfg = parse_options(None if argv is None else list(argv), prog=prog)
+            validate_training(cfg)
+            folder = train_reward_model(cfg)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except interrupts.Interrupted as e:
+        return _interrupted(prog, e, "start-up: nothing saved")
     print(f"Run folder: {folder.root}")
     if not cfg.mining.mine_only:
         print(f"Reward model: {folder.final_model}")
     return 0
+
+
+def _interrupted(prog: str, e: interrupts.Interrupted, before: str) -> int:
+    """One line (from the main process) and 130 for SIGINT, 143 for SIGTERM. ``before`` says what a signal that
+    stopped the command where it was (before training, or outside it) left undone."""
+    message = e.message or f"interrupted ({e.signame}) during {before}"
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    return e.exit_code
 
 
 def score(argv: Sequence[str] | None = None, prog: str = "qrl score") -> int:

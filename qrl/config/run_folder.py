@@ -3,6 +3,7 @@
 ```
 <output_dir>/<run name>/
 ├── checkpoints/checkpoint-N/   (written by the Trainer; adapters for LoRA)
+├── checkpoints/.incomplete/    (where a checkpoint is written, renamed to checkpoint-N once complete)
 ├── checkpoints/final/          (the final model, LoRA merged)
 ├── logs/training_log.txt       (human-readable progress)
 ├── logs/rewards.json           (statistics per logging step)
@@ -13,22 +14,26 @@
 ├── results/samples_<model>.jsonl  (an --eval_only run's answers with their verdicts)
 └── config.yaml                 (the effective configuration, re-runnable with --config)
 ```
-Every JSON file is replaced atomically, so a run killed at any moment leaves readable files.
+Every JSON file is replaced atomically and every checkpoint appears under its name only once complete, so a run
+killed at any moment leaves readable files and a checkpoint that ``latest`` can resume from.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from qrl.config import interrupts
 from qrl.data.records import UserError, atomic_write
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -50,6 +55,7 @@ class RunFolder:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.checkpoints = self.root / "checkpoints"
+        self.staging = self.checkpoints / ".incomplete"  # the trainers' output_dir: checkpoints are written here
         self.logs = self.root / "logs"
         self.results = self.root / "results"
         self.training_log = self.logs / "training_log.txt"
@@ -126,6 +132,7 @@ class RunFolder:
             shutil.rmtree(self.root)
         for d in (self.checkpoints, self.logs, self.results):
             d.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.staging, ignore_errors=True)  # what a killed save left half-written
         if resume is not None:
             step = json.loads((resume / "trainer_state.json").read_text())["global_step"]
             for path in (self.rewards_json, self.eval_json):
@@ -139,6 +146,84 @@ class RunFolder:
             return
         if self.latest_checkpoint() is None and not self.read_json(self.rewards_json)["steps"]:
             shutil.rmtree(self.root)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def publish_checkpoint(self, step: int, save_total_limit: int | None) -> Path | None:
+        """Move a complete ``checkpoint-N`` from the staging folder to its name (one rename), then rotate: an old
+        checkpoint is removed only once the new one is in place."""
+        written = self.staging / f"checkpoint-{step}"
+        if not written.is_dir():
+            return None
+        target = self.checkpoints / written.name
+        replaced = self.staging / f"replaced-{step}"
+        if target.exists():  # the same step saved again (a resume from an older checkpoint)
+            shutil.rmtree(replaced, ignore_errors=True)
+            target.rename(replaced)
+        written.rename(target)
+        _fsync_dir(self.checkpoints)
+        shutil.rmtree(replaced, ignore_errors=True)
+        self.rotate_checkpoints(save_total_limit, keep=target)
+        return target
+
+    def rotate_checkpoints(self, limit: int | None, keep: Path) -> None:
+        """Keep the newest ``limit`` checkpoints (by step), ``keep`` always among them."""
+        if not limit:
+            return
+        others = sorted((int(m.group(1)), p) for p in self.checkpoints.iterdir()
+                        if (m := CHECKPOINT_RE.match(p.name)) and p != keep)
+        for _, old in others[:max(0, len(others) - (limit - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoint_bytes(self, model=None) -> int:
+        """The room a checkpoint takes: the newest one's size, or an estimate from the model (weights, or adapters
+        with LoRA, and AdamW's two fp32 moments of every trainable parameter)."""
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            return sum(f.stat().st_size for f in latest.rglob("*") if f.is_file())
+        if model is None:
+            return 0
+        weights = trainable = 0
+        for p in model.parameters():
+            n = getattr(p, "ds_numel", p.numel())  # ZeRO-3 keeps only a shard in p
+            if p.requires_grad:
+                trainable += n
+            if p.requires_grad or not hasattr(model, "peft_config"):
+                weights += n * p.element_size()
+        return weights + 8 * trainable + 16 * 2**20  # + the tokenizer and the small state files
+
+    def warn_if_short_of_space(self, model=None) -> None:
+        """One line at start when the disk cannot hold two more checkpoints."""
+        need = self.checkpoint_bytes(model)
+        free = shutil.disk_usage(self.checkpoints).free
+        if need and free < 2 * need:
+            line = (f"warning: {_size(free)} free for {self.checkpoints}, less than two checkpoints "
+                    f"({_size(2 * need)}): the run stops at the save that fills the disk")
+            print(line, file=sys.stderr, flush=True)
+            self.log_line(line)
+
+    def write_failure(self, error: BaseException) -> str | None:
+        """For a full disk or a folder that became unwritable: one line naming the folder, what was being written
+        and the room a checkpoint needs; the half-written checkpoint is removed. None for any other error."""
+        reason, filename = _write_failure(error)
+        if reason is None:
+            return None
+        partial = sorted(self.staging.glob("checkpoint-*")) if self.staging.is_dir() else []
+        need = self.checkpoint_bytes()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if partial:
+            what = f"writing {partial[-1].name} in {self.checkpoints}"
+        elif filename:
+            what = f"writing {filename}"
+        else:
+            what = f"writing to {self.root}"
+        room = f"; a checkpoint needs about {_size(need)}" if need else ""
+        try:
+            free = f", {_size(shutil.disk_usage(self.root).free)} free"
+        except OSError:
+            free = ""
+        resume = ("resume with --resume_from_checkpoint latest once there is room" if self.latest_checkpoint()
+                  else "no checkpoint was complete yet")
+        return f"{what}: {reason}{free}{room}; {resume}"
 
     # --- files ----------------------------------------------------------------------------------
     def read_json(self, path: Path) -> dict[str, Any]:
@@ -206,6 +291,46 @@ class RunFolder:
         return written
 
 
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "the file system became read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+
+
+def _write_failure(error: BaseException) -> tuple[str | None, str | None]:
+    """(reason, file) when an error, or one it came from, is a failed write: an OSError with a write errno, or
+    torch's and safetensors' writers, which report ENOSPC only in words."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            return _WRITE_ERRNOS[error.errno], error.filename
+        text = str(error)
+        if "No space left" in text or "os error 28" in text or "StorageFull" in text:
+            return _WRITE_ERRNOS[errno.ENOSPC], None
+        if "file write failed" in text:  # PytorchStreamWriter: the errno is lost
+            return "the write failed (a full disk, or a folder that became unwritable)", None
+        error = error.__cause__ or error.__context__
+    return None, None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n < 10 * 2**30 else f"{n / 2**30:.1f} GB"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: a power cut after it must not bring the old name back."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _readable_json(path: Path) -> bool:
     try:
         json.loads(path.read_text(encoding="utf-8"))
@@ -221,10 +346,11 @@ class RunFolderCallback(TrainerCallback):
         self.folder = folder
         self.method = method
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:
             start = f" from step {state.global_step}" if state.global_step else ""
             self.folder.log_line(f"{self.method}: training{start} to step {state.max_steps}")
+            self.folder.warn_if_short_of_space(model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -249,12 +375,32 @@ class RunFolderCallback(TrainerCallback):
         self.folder.log_line(f"step {state.global_step}/{state.max_steps} {kind}: {shown}")
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()  # every rank has written its part (ZeRO shards, RNG states)
+        if state.is_world_process_zero and self.folder.publish_checkpoint(state.global_step, args.save_total_limit):
             self.folder.log_line(f"saved checkpoint-{state.global_step}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.folder.log_line(f"training ended at step {state.global_step}")
+
+
+class StopAtSignal(TrainerCallback):
+    """At each step boundary: if any rank got SIGINT or SIGTERM (``interrupts``), save this step and stop."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        signum = interrupts.agreed_signal()
+        if signum:
+            interrupts.stop_requested(signum)
+            self.signum, self.step = signum, state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
 
 
 def _fmt(value: Any) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrl import problems as problems_module
+from qrl.config import interrupts
 from qrl.config.arguments import RL_SECTIONS, DataArguments, RewardArguments, parse_config, section
 from qrl.data.records import DataError, UserError, atomic_write, check_writable
 from qrl.execution import Sandbox, SandboxError
@@ -183,16 +184,20 @@ def _print_summary(
 
 def score_main(argv: Sequence[str], prog: str = "reward_model.py score") -> int:
     """The ``score`` command; ``argv`` without the word ``score``."""
+    cfg = None
     try:
-        cfg = parse_config(SCORE_SECTIONS, list(argv), prog=prog,
-                           description=SCORE_SECTIONS["score"].__doc__, default_config=None,
-                           ignored_sections=tuple(set(RL_SECTIONS) - set(SCORE_SECTIONS)))
-        return _score_command(cfg)
+        with interrupts.handle_signals(prog):
+            cfg = parse_config(SCORE_SECTIONS, list(argv), prog=prog,
+                               description=SCORE_SECTIONS["score"].__doc__, default_config=None,
+                               ignored_sections=tuple(set(RL_SECTIONS) - set(SCORE_SECTIONS)))
+            return _score_command(cfg)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except interrupts.Interrupted as e:  # the results are written whole at the end, or not at all
+        unwritten = f": {cfg.score.output} not written" if cfg is not None else ""
+        print(f"{prog}: interrupted ({e.signame}){unwritten}", file=sys.stderr)
+        return e.exit_code
     except BrokenPipeError:  # the summary piped into `head`: the results file is written already
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0

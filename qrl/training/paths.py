@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import qrl.languages  # noqa: F401 -- registers the languages besides Python (their formats, executors)
+from qrl.config import interrupts
 from qrl.config.arguments import Config
-from qrl.config.run_folder import RunFolder, RunFolderCallback, atomic_write
+from qrl.config.run_folder import RunFolder, RunFolderCallback, StopAtSignal, atomic_write
 from qrl.data.records import DataError, UserError, load_preferences, read_records, require_fields
 from qrl.models.loading import as_chat, check_reward_model, load_tokenizer
 from qrl.resources import PREFERENCES as SHIPPED_PREFERENCES
@@ -71,9 +72,16 @@ def train(cfg: Config) -> RunFolder:
     state.wait_for_everyone()  # every rank has checked before any rank writes
     try:
         TRAINERS[method](cfg, folder, resume, name)
-    except BaseException:
+    except Exception as e:
+        failure = folder.write_failure(e)  # a full disk, or a folder that became unwritable: one line
         if state.is_main_process:
             folder.remove_if_unused()  # a run that failed before training leaves nothing behind
+        if failure:
+            raise UserError(failure) from None
+        raise
+    except BaseException:
+        if state.is_main_process:
+            folder.remove_if_unused()
         raise
     return folder
 
@@ -270,7 +278,8 @@ def _preference_splits(cfg: Config) -> tuple[list[dict], list[dict]]:
 def train_in_folder(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: Path | None,
                     on_create: Callable[[], None] | None = None, after_train: Callable[[], None] | None = None) -> None:
     """Train with the run folder in place; a failure before the first checkpoint leaves nothing behind. The final
-    model is saved and the curves plotted (once per run) at the end.
+    model is saved and the curves plotted (once per run) at the end. SIGINT or SIGTERM stops training at the next
+    step boundary with that step saved (``Interrupted``).
 
     ``on_create`` writes the path's own files once the folder exists; ``after_train`` runs before trackers close.
     """
@@ -280,7 +289,16 @@ def train_in_folder(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: 
         if on_create:
             on_create()
     trainer.accelerator.wait_for_everyone()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    stop = StopAtSignal()
+    trainer.add_callback(stop)
+    with interrupts.deferred():
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if stop.signum and trainer.state.global_step < trainer.args.max_steps:
+            _stop_interrupted(trainer, folder, stop)
+        _finish(trainer, tokenizer, folder, after_train)
+
+
+def _finish(trainer, tokenizer, folder: RunFolder, after_train: Callable[[], None] | None) -> None:
     final = save_final_model(trainer, tokenizer, folder)
     if trainer.accelerator.is_main_process:
         folder.log_line(f"final model saved to {final}")
@@ -290,13 +308,35 @@ def train_in_folder(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: 
     _end(trainer)
 
 
+def _stop_interrupted(trainer, folder: RunFolder, stop: StopAtSignal) -> None:
+    """After a signal: the step's checkpoint is saved (the trainer did it at the step boundary); flush the logs and
+    plots, close W&B marked as interrupted, and say in one line what was kept."""
+    import signal
+
+    signame = signal.Signals(stop.signum).name
+    step = trainer.state.global_step
+    saved = folder.checkpoints / f"checkpoint-{step}"
+    if trainer.accelerator.is_main_process:
+        folder.log_line(f"interrupted at step {step} ({signame}): saved {saved.name}")
+        folder.plot()
+    _end(trainer, interrupted=f"{signame} at step {step}", exit_code=128 + stop.signum)
+    raise interrupts.Interrupted(stop.signum, f"interrupted at step {step} ({signame}): saved {saved}; "
+                                 "resume with --resume_from_checkpoint latest")
+
+
 def _no_accelerator() -> bool:
     import torch
 
     return not torch.accelerator.is_available()
 
 
-def _end(trainer) -> None:
+def _end(trainer, interrupted: str | None = None, exit_code: int = 0) -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if interrupted and wandb is not None and wandb.run is not None:  # W&B shows the run as stopped, and why
+        wandb.run.summary["interrupted"] = interrupted
+        wandb.run.finish(exit_code=exit_code)
     end = getattr(trainer, "end", None)  # transformers >= 5.18 closes trackers and the process group here
     if callable(end):
         end()
@@ -382,10 +422,11 @@ def evaluate_only(cfg: Config) -> RunFolder:
     with test_case_reward(cfg, problems) as scorer:
         metrics, samples = PassAtKEvaluator(cfg, problems, tokenizer, scorer)(model)
     step = _checkpoint_step(Path(model_path))
-    folder.append_entry(folder.eval_json, {"step": step, "model": model_path, **metrics}, method="eval_only")
     (out,) = folder.eval_samples(model_path)
-    atomic_write(out, "".join(json.dumps(s) + "\n" for s in samples))
-    folder.log_line(f"eval_only {model_path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    with interrupts.deferred():  # both files or neither: a signal here waits for the writes
+        folder.append_entry(folder.eval_json, {"step": step, "model": model_path, **metrics}, method="eval_only")
+        atomic_write(out, "".join(json.dumps(s) + "\n" for s in samples))
+        folder.log_line(f"eval_only {model_path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     print(f"{model_path}: {json.dumps(shown)}\nSamples with verdicts: {out}")
     return folder

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from transformers import TrainingArguments
 
 from qrl.config.arguments import Config
-from qrl.config.run_folder import CHECKPOINT_RE, RunFolder
+from qrl.config.run_folder import RunFolder
 from qrl.data.records import UserError
 from qrl.training.prompts import prompt_text
 from qrl.training.trl import trl_arguments, trl_config
@@ -268,21 +268,28 @@ class PPOTrainer:
             self.accelerator.init_trackers(os.environ.get("WANDB_PROJECT", args.wandb_project),
                                            config=args.to_dict(),
                                            init_kwargs={"wandb": {"name": os.environ.get("WANDB_NAME", args.run_name)}})
-        self._callback("on_train_begin")
+        self._callback("on_train_begin", model=self.policy)
         while self.state.global_step < args.max_steps:
             rows = self._rows_for_step(self.state.global_step)
             stats = self.step(rows)
             self.state.global_step += 1
             self.state.epoch = self.state.global_step * args.rollout_size / len(self.train_rows)
-            self._callback("on_step_end")
-            step = self.state.global_step
-            if step % args.logging_steps == 0 or step == args.max_steps:
+            self.control.should_save = self.control.should_training_stop = False
+            self._callback("on_step_end")  # a callback may ask for a save and a stop (StopAtSignal)
+            step, stopping = self.state.global_step, self.control.should_training_stop
+            if step % args.logging_steps == 0 or step == args.max_steps or stopping:
                 self._log(stats)
-            if self.eval_rows and args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps):
+            if (self.eval_rows and args.eval_steps and not stopping
+                    and (step % args.eval_steps == 0 or step == args.max_steps)):
                 self._log({f"eval_{k}": v for k, v in self.evaluate().items()})
-            if step % args.save_steps == 0 or step == args.max_steps:
+            if step % args.save_steps == 0 or step == args.max_steps or self.control.should_save:
                 self._save_checkpoint()
+            if stopping:
+                break
         self._callback("on_train_end")
+
+    def add_callback(self, callback) -> None:
+        self.callbacks.append(callback)
 
     def step(self, rows: list[dict]) -> dict[str, float]:
         """One PPO step on these rows: rollouts, advantages, ppo_epochs of updates; returns its statistics."""
@@ -506,8 +513,9 @@ class PPOTrainer:
                                   for k, v in logs.items()}, step=self.state.global_step)
 
     def _save_checkpoint(self) -> None:
-        """``checkpoint-N``: adapters (or weights), value head, optimizer, scheduler, RNG, KL coefficient, and
-        ``trainer_state.json`` last, which marks the checkpoint complete."""
+        """``checkpoint-N`` under ``output_dir`` (the run folder's staging folder, renamed into ``checkpoints/`` and
+        rotated by ``RunFolderCallback.on_save``): adapters (or weights), value head, optimizer, scheduler, RNG, KL
+        coefficient, and ``trainer_state.json`` last, which marks the checkpoint complete."""
         import json
         import random
         import shutil
@@ -529,18 +537,6 @@ class PPOTrainer:
         (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
         self.state.save_to_json(str(path / "trainer_state.json"))
         self._callback("on_save")
-        self._rotate_checkpoints()
-
-    def _rotate_checkpoints(self) -> None:
-        import shutil
-
-        limit = self.args.save_total_limit
-        if not limit:
-            return
-        found = sorted((int(m.group(1)), p) for p in Path(self.args.output_dir).iterdir()
-                       if (m := CHECKPOINT_RE.match(p.name)))
-        for _, old in found[:-limit]:
-            shutil.rmtree(old)
 
     def _load_checkpoint(self, path: Path) -> None:
         import json

@@ -163,7 +163,7 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
     return dict(
         # Without an accelerator, say so: several processes then form a gloo group instead of each training alone.
         use_cpu=not torch.accelerator.is_available(),
-        output_dir=str(folder.checkpoints),
+        output_dir=str(folder.staging),  # a checkpoint is renamed into checkpoints/ once complete (RunFolderCallback)
         run_name=run_name,
         learning_rate=m.learning_rate,
         per_device_train_batch_size=m.batch_size,
