@@ -256,7 +256,8 @@ def test_a_real_full_disk_then_room_again(dpo_argv, tmp_path):
         err = (tmp_path / "stderr.txt").read_text()
         assert code == 2 and "Traceback" not in err, err[-3000:]
         line = [x for x in err.splitlines() if "error:" in x]
-        assert len(line) == 1 and "no space left on the device" in line[0] or "write failed" in line[0], err
+        assert len(line) == 1 and "writing checkpoint-8 in" in line[0], err
+        assert "no space left on the device" in line[0] and "a checkpoint needs about" in line[0], line[0]
         assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")) == \
             ["checkpoint-4"]
         (disk / "filler").unlink()
@@ -320,3 +321,57 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step(dpo_argv, tmp_path
 
     accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], tmp_path)
     assert steps(run / "logs" / "rewards.json") == list(range(1, max_steps + 1))
+
+
+# --- evaluation and scoring ------------------------------------------------------------------------------------
+def sandbox_servers(proc: subprocess.Popen, cwd: Path, timeout: float = 120) -> list:
+    """The command's sandbox server processes, once they are up."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (cwd / "stderr.txt").read_text()[-3000:]
+        servers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "qrl.execution" in " ".join(p.cmdline())]
+        if servers:
+            return servers
+        time.sleep(0.05)
+    raise AssertionError("no sandbox server started")
+
+
+def gone(processes: list, timeout: float = 10) -> bool:
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return not alive
+
+
+def test_ctrl_c_while_scoring_writes_nothing_and_leaves_no_sandbox(tmp_path):
+    problems = grpo_problems(tmp_path)
+    write_jsonl(tmp_path / "completions.jsonl", [{"task_id": "py/0", "completion": "while True:\n    pass\n"}] * 8)
+    argv = ["score", "--problems", str(problems), "--completions", str(tmp_path / "completions.jsonl"),
+            "--output", str(tmp_path / "results.jsonl"), "--workers", "1", "--timeout", "30",
+            "--calibration_cache", "off"]
+    proc = start("reward_model.py", argv, tmp_path)
+    servers = sandbox_servers(proc, tmp_path)
+    time.sleep(1.0)  # scoring the endless loops
+    code, err = stop(proc, signal.SIGINT, tmp_path)
+    assert code == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"reward_model.py score: interrupted (SIGINT): {tmp_path / 'results.jsonl'} " \
+                                           "not written"
+    assert not (tmp_path / "results.jsonl").exists()
+    assert gone(servers)
+
+
+def test_sigterm_during_eval_only_writes_nothing_and_leaves_no_sandbox(tiny_model, tmp_path):
+    argv = ["--eval_only", "--base_model", str(tiny_model), "--eval_data", str(grpo_problems(tmp_path)),
+            "--output_dir", str(tmp_path / "out"), "--experiment_name", "e", "--eval_num_samples", "64",
+            "--max_completion_length", "64", "--workers", "1"]
+    proc = start("run_rl.py", argv, tmp_path)
+    servers = sandbox_servers(proc, tmp_path)
+    code, err = stop(proc, signal.SIGTERM, tmp_path)
+    assert code == 143 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "run_rl.py: interrupted (SIGTERM) during --eval_only: no results written"
+    assert not (tmp_path / "out" / "e" / "logs" / "eval_results.json").exists()
+    assert not list((tmp_path / "out").rglob("samples_*.jsonl"))
+    assert gone(servers)

@@ -205,10 +205,16 @@ class RunFolder:
         """For a full disk or a folder that became unwritable: one line naming the folder, what was being written
         and the room a checkpoint needs; the half-written checkpoint is removed. None for any other error."""
         reason, filename = _write_failure(error)
+        partial = sorted(self.staging.glob("checkpoint-*")) if self.staging.is_dir() else []
+        need = self.checkpoint_bytes() or sum(f.stat().st_size for p in partial for f in p.rglob("*") if f.is_file())
+        try:
+            short = shutil.disk_usage(self.root).free < max(need, 2**20)
+        except OSError:
+            short = False
+        if reason in (None, _WRITE_FAILED) and short and (partial or reason):  # torch's writer said it in its words
+            reason = _WRITE_ERRNOS[errno.ENOSPC]
         if reason is None:
             return None
-        partial = sorted(self.staging.glob("checkpoint-*")) if self.staging.is_dir() else []
-        need = self.checkpoint_bytes()
         shutil.rmtree(self.staging, ignore_errors=True)
         if partial:
             what = f"writing {partial[-1].name} in {self.checkpoints}"
@@ -296,6 +302,9 @@ _WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "dis
                  errno.EPERM: "operation not permitted"}
 
 
+_WRITE_FAILED = "the write failed (a full disk, or a folder that became unwritable)"
+
+
 def _write_failure(error: BaseException) -> tuple[str | None, str | None]:
     """(reason, file) when an error, or one it came from, is a failed write: an OSError with a write errno, or
     torch's and safetensors' writers, which report ENOSPC only in words."""
@@ -307,8 +316,8 @@ def _write_failure(error: BaseException) -> tuple[str | None, str | None]:
         text = str(error)
         if "No space left" in text or "os error 28" in text or "StorageFull" in text:
             return _WRITE_ERRNOS[errno.ENOSPC], None
-        if "file write failed" in text:  # PytorchStreamWriter: the errno is lost
-            return "the write failed (a full disk, or a folder that became unwritable)", None
+        if any(words in text for words in ("file write failed", "iostream error", "unexpected pos")):
+            return _WRITE_FAILED, None  # torch's zip writer: the errno is lost
         error = error.__cause__ or error.__context__
     return None, None
 
