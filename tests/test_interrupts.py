@@ -24,8 +24,8 @@ def steps(path: Path) -> list[int]:
     return [e["step"] for e in json.loads(path.read_text())["steps"]] if path.is_file() else []
 
 
-def start(script: str, argv: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start(script: str, argv: list[str], cwd: Path, **env_vars: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_vars}
     err = open(cwd / "stderr.txt", "w")  # noqa: SIM115 -- closed with the process, in stop()
     return subprocess.Popen([sys.executable, str(ROOT / script), *argv], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=err)
@@ -98,6 +98,18 @@ def with_steps(argv: list[str], max_steps: int, **flags: str) -> list[str]:
 def test_dpo_stops_at_a_step_boundary_saves_and_resumes(dpo_argv, tmp_path, signum):
     argv = with_steps(dpo_argv, 80, save_steps="1000", eval_steps="0", logging_steps="1")
     interrupt_and_resume("run_rl.py", argv, tmp_path, tmp_path / "out" / "t", signum, 80, after=3)
+
+
+def test_wandb_run_of_an_interrupted_run_says_so(dpo_argv, tmp_path):
+    argv = with_steps(dpo_argv, 80, save_steps="1000", eval_steps="0", logging_steps="1") + ["--wandb"]
+    proc = start("run_rl.py", argv, tmp_path, WANDB_MODE="offline", WANDB_DIR=str(tmp_path))
+    wait_for_step(proc, tmp_path / "out" / "t" / "logs" / "rewards.json", 3, tmp_path)
+    code, err = stop(proc, signal.SIGTERM, tmp_path)
+    assert code == 143, err[-3000:]
+    step = interrupted_line(err)
+    (records,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")  # the offline run's protobuf records
+    data = records.read_bytes()
+    assert b"interrupted" in data and f"SIGTERM at step {step}".encode() in data
 
 
 def grpo_problems(tmp_path: Path) -> Path:
