@@ -48,7 +48,7 @@ def test_bad_inputs_are_one_clear_line(base, tmp_path, tiny_model):
         (["--config", str(unknown_key)], ["unknown key 'model.warp_speed'", str(unknown_key)]),
         (["--preference_data", str(bad_line)], [f"{bad_line}:3: malformed JSON"]),
         (["--preference_data", str(no_fields)], [f"{no_fields}:1: missing fields 'prompt', 'chosen', 'rejected'"]),
-        (["--output_dir", str(locked / "sub")], ["output folder is not writable", str(locked)]),
+        (["--output_dir", str(locked / "sub")], ["output folder", "cannot be created", str(locked / "sub")]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),
     ]
     import os
@@ -59,7 +59,8 @@ def test_bad_inputs_are_one_clear_line(base, tmp_path, tiny_model):
         assert_one_line_error(cli(base + extra, tmp_path), *needles)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(cli(base + ["--output_dir", str(blocker / "sub")], tmp_path), "not writable")
+    assert_one_line_error(cli(base + ["--output_dir", str(blocker / "sub")], tmp_path), "cannot be created",
+                          f"{blocker} is a file")
     assert not (tmp_path / "out").exists(), "a failed start must write nothing"
 
 
