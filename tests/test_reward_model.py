@@ -519,6 +519,19 @@ def test_score_command_bad_input(
     assert __import__("re").search(message, proc.stderr), proc.stderr
 
 
+@pytest.mark.parametrize("output", ["/proc/qrl-results.jsonl", "/sys/qrl/results.jsonl", "file/results.jsonl"])
+def test_score_output_that_cannot_be_written_is_one_line(problem_file: Path, tmp_path: Path, output: str) -> None:
+    (tmp_path / "file").write_text("x")
+    output = output if output.startswith("/") else str(tmp_path / output)
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text(json.dumps({"task_id": "rle", "completion": GOOD["rle"]}) + "\n")
+    proc = cli("reward_model.py", "score", "--problems", str(problem_file), "--completions", str(completions),
+               "--output", output)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"reward_model.py score: error: cannot write {output}: its folder" in proc.stderr
+    assert "cannot be" in proc.stderr and not Path(output).exists()
+
+
 def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
     proc = cli("reward_model.py", "score", "--problems", str(problem_file), "--completions", str(problem_file),
                "--output", str(tmp_path / "o.jsonl"), "--workers", "0")  # fmt: skip

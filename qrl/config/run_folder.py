@@ -209,6 +209,7 @@ class RunFolder:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
 
         statuses = {k.removeprefix("status/"): v for k, v in entry.items() if k.startswith("status/")}
         by_problem = entry.get("passed_by_problem") or {}
@@ -219,6 +220,7 @@ class RunFolder:
         _bar_chart(right, list(by_problem), list(by_problem.values()),
                    f"answers passed per problem (of {per}); pass@1 {entry.get('pass@1', 0):.3f}", "passed")
         right.set_xlim(0, max(per, 1))
+        right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         fig.tight_layout()
         out = self.results / f"verdicts_{name}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
