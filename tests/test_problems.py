@@ -427,6 +427,56 @@ def test_judge_statuses(qrl: problems.Problem, events: list, fields: dict, statu
     assert problems.judge(sub, [outcome(events, **fields)]).status == status
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Use it like this:\n```python\nprint(run_length_encode('aab'))\n```",  # example calls, no definition
+        "```python\ndef encode(s):\n    return []\n```\n```python\nprint(encode('a'))\n```",  # another name
+        "```python\nimport itertools\n```",
+    ],
+)
+def test_an_answer_that_defines_no_entry_point_says_so(qrl: problems.Problem, answer: str) -> None:
+    """Whatever the code that ran raised (a NameError from example calls, say), the detail names the cause."""
+    sub = problems.prepare(qrl, answer)
+    assert sub.missing_entry_point
+    name_error = [{"e": "load_error", "msg": "NameError: name 'run_length_encode' is not defined"}, {"e": "done"}]
+    verdict = problems.judge(sub, [outcome(name_error)])
+    assert verdict.status == "runtime_error"
+    assert verdict.detail == "the answer defines no function `run_length_encode`"
+    other = [{"e": "load_error", "msg": "ModuleNotFoundError: No module named 'numpyy'"}, {"e": "done"}]
+    detail = problems.judge(sub, [outcome(other)]).detail
+    assert detail.startswith("the answer defines no function `run_length_encode`; the code that ran: Module")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "```python\ndef run_length_encode(s):\n    return []\n```",
+        "```python\nrun_length_encode = lambda s: []\n```",
+        "```python\nfrom collections import Counter as run_length_encode\n```",
+        "```python\nfrom helpers import *\n```",
+        "```python\nexec('def run_length_encode(s): return []')\n```",
+        "```python\nclass Solution:\n    def run_length_encode(self, s):\n        return []\n```",
+        "```python\ndef run_length_encode(s:\n```",  # does not parse: its syntax error says why
+    ],
+)
+def test_an_answer_that_may_define_the_entry_point_keeps_its_own_detail(qrl: problems.Problem, answer: str) -> None:
+    sub = problems.prepare(qrl, answer)
+    assert not sub.missing_entry_point
+    error = [{"e": "load_error", "msg": "NameError: name 'x' is not defined"}, {"e": "done"}]
+    verdict = problems.judge(sub, [outcome(error)])
+    assert "defines no function" not in verdict.detail
+    assert verdict.status == "syntax_error" or verdict.detail == "NameError: name 'x' is not defined"
+
+
+def test_the_missing_entry_point_is_named_only_when_no_test_passed(qrl: problems.Problem) -> None:
+    sub = problems.prepare(qrl, "```python\nprint('hi')\n```")
+    one = [{"e": "loaded"}, {"e": "test", "i": 0, "v": [["a", 3], ["b", 1]]},
+           {"e": "test", "i": 1, "error": "NameError: x"}, {"e": "done"}]  # fmt: skip
+    verdict = problems.judge(sub, [outcome(one)])
+    assert verdict.tests_passed == 1 and "defines no function" not in verdict.detail
+
+
 def test_judge_stdio_normalises_whitespace(tmp_path: Path) -> None:
     (p,) = problems.load_problems(write_jsonl(tmp_path / "s.jsonl", [APPS]))
     sub = problems.prepare(p, "print(3)")

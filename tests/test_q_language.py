@@ -322,6 +322,15 @@ def test_msml_verdicts(use_standin: Path, sum_problem: problems.Problem, box: Sa
     assert sum_problem.task_id not in s.reference_failures  # the reference ran first, and passed
 
 
+def test_an_answer_without_the_entry_point_says_so(use_standin: Path, sum_problem: problems.Problem,
+                                                  box: Sandbox) -> None:
+    s = scorer([sum_problem], box)
+    other = score_one(s, sum_problem, "```q\ntotal:{sum x}\n```")
+    assert (other.status, other.detail) == ("runtime_error", "the answer defines no function `solve`")
+    defined = score_one(s, sum_problem, "```q\nsolve:{'boom}\n```")
+    assert "defines no function" not in defined.detail
+
+
 def test_expected_output_never_enters_the_sandbox(use_standin: Path, tmp_path: Path) -> None:
     msml_folder(tmp_path / "q", "secret", [("1 2", "qrlsecret42")])
     (problem,) = problems.load_problems(tmp_path / "q")

@@ -452,9 +452,29 @@ def test_score_command(problem_file: Path, tmp_path: Path) -> None:
                              "cpu_time", "wall_time"}  # fmt: skip
     assert lines[4]["cached"] and lines[0]["reward"] == lines[4]["reward"]
     assert [r["same_value"] for r in lines] == [False, False, False, False, False, True]  # print(0): "0" each time
-    assert "of the failed, 1 gave every test the same value" in proc.stdout
+    # print(0) gave "0" to all three tests, and the third wants 0: partial credit by luck
+    assert "of the failed, 1 gave every test the same value; 1 of them passed 1 test in all that way (partial " \
+           "credit by luck)" in proc.stdout
+    # both rle references are the reference solution (its verdict serves them); the syntax error runs nothing
+    assert "answers run in the sandbox: 3; not run again, being the same program as one judged already: 2 (2 the " \
+           "problem's reference solution)" in proc.stdout
     # rle: 2 of 4 pass, sum: 1 of 2; pass@2 = mean(1 - C(2,2)/C(4,2), 1 - C(1,2)/C(2,2)) = mean(5/6, 1)
     assert "pass@1: 0.5000" in proc.stdout and "pass@2: 0.9167" in proc.stdout and "pass@3" not in proc.stdout
+
+
+def test_score_summary_says_what_happened(problem_file: Path, tmp_path: Path) -> None:
+    """A constant answer that passes no test is not called partial credit by luck; a repeated answer is counted as
+    one run and one verdict served, not as an unexplained cache hit."""
+    constant = "def run_length_encode(s):\n    return [['q', 9]]\n"
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text("".join(json.dumps({"task_id": "rle", "completion": constant}) + "\n" for _ in range(2)))
+    proc = cli("reward_model.py", "score", "--problems", str(problem_file), "--completions", str(completions),
+               "--output", str(tmp_path / "o.jsonl"), "--workers", "1", "--calibration_cache", "off")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("answers run in the sandbox: 1; not run again, being the same program as one judged already: 1 "
+            "(1 an earlier answer)") in proc.stdout
+    assert "of the failed, 2 gave every test the same value, and passed no test that way" in proc.stdout
+    assert "luck" not in proc.stdout
 
 
 def test_score_summary_into_a_closed_pipe(problem_file: Path, tmp_path: Path) -> None:
@@ -497,6 +517,19 @@ def test_score_command_bad_input(
         proc.stderr.count("\n") == 1 and proc.stderr.startswith("reward_model.py score: error: ") and "Traceback" not in proc.stderr
     )
     assert __import__("re").search(message, proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("output", ["/proc/qrl-results.jsonl", "/sys/qrl/results.jsonl", "file/results.jsonl"])
+def test_score_output_that_cannot_be_written_is_one_line(problem_file: Path, tmp_path: Path, output: str) -> None:
+    (tmp_path / "file").write_text("x")
+    output = output if output.startswith("/") else str(tmp_path / output)
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text(json.dumps({"task_id": "rle", "completion": GOOD["rle"]}) + "\n")
+    proc = cli("reward_model.py", "score", "--problems", str(problem_file), "--completions", str(completions),
+               "--output", output)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"reward_model.py score: error: cannot write {output}: its folder" in proc.stderr
+    assert "cannot be" in proc.stderr and not Path(output).exists()
 
 
 def test_score_command_bad_options(problem_file: Path, tmp_path: Path) -> None:
@@ -708,6 +741,9 @@ def test_score_command_keeps_calibrations_in_the_users_cache_or_not(problem_file
     folder = tmp_path / "cache" / "calibration"
     assert f"reference runs: 1, read back: 0 (calibration cache: {folder})" in outputs[1]
     assert f"reference runs: 0, read back: 1 (calibration cache: {folder})" in outputs[2]
-    assert "programs run: 0" in outputs[2]  # the answer is the reference: its stored verdict serves it
+    # the answer is the reference: its stored verdict serves it, and the summary says so rather than "0 run"
+    assert ("answers run in the sandbox: 0; not run again, being the same program as one judged already: 1 "
+            "(1 the problem's reference solution)") in outputs[2]
+    assert "answers run in the sandbox: 0;" in outputs[0]  # run once, as the reference: no second run
     assert len(list(folder.glob("*.json"))) == 1
     assert default_calibration_cache() != folder and ROOT not in default_calibration_cache().parents

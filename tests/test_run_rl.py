@@ -48,7 +48,7 @@ def test_bad_inputs_are_one_clear_line(base, tmp_path, tiny_model):
         (["--config", str(unknown_key)], ["unknown key 'model.warp_speed'", str(unknown_key)]),
         (["--preference_data", str(bad_line)], [f"{bad_line}:3: malformed JSON"]),
         (["--preference_data", str(no_fields)], [f"{no_fields}:1: missing fields 'prompt', 'chosen', 'rejected'"]),
-        (["--output_dir", str(locked / "sub")], ["output folder is not writable", str(locked)]),
+        (["--output_dir", str(locked / "sub")], ["output folder", "cannot be created", str(locked / "sub")]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),
     ]
     import os
@@ -59,7 +59,8 @@ def test_bad_inputs_are_one_clear_line(base, tmp_path, tiny_model):
         assert_one_line_error(cli(base + extra, tmp_path), *needles)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(cli(base + ["--output_dir", str(blocker / "sub")], tmp_path), "not writable")
+    assert_one_line_error(cli(base + ["--output_dir", str(blocker / "sub")], tmp_path), "cannot be created",
+                          f"{blocker} is a file")
     assert not (tmp_path / "out").exists(), "a failed start must write nothing"
 
 
@@ -80,3 +81,26 @@ def test_help_lists_the_flags(tmp_path):
     proc = cli(["--help"], tmp_path)
     assert proc.returncode == 0
     assert "--use_dpo" in proc.stdout and "--kl_coef" in proc.stdout and "(default: 2e-06)" in proc.stdout
+
+
+@pytest.mark.parametrize("where", ["/proc/qrl-no-such-dir", "/sys/qrl-no-such-dir", "file/sub"])
+def test_an_output_folder_that_cannot_be_made_is_one_line(base, tmp_path, where):
+    """Found by making the folder, not by asking os.access (which grants root everything, /proc and /sys too), for
+    training and for --eval_only alike."""
+    (tmp_path / "file").write_text("x")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    for extra in ([], ["--eval_only"]):
+        proc = cli(base + ["--output_dir", out] + extra, tmp_path)
+        assert_one_line_error(proc, "output folder", out, "cannot be created")
+    assert not Path(out).exists()
+
+
+def test_the_writable_check_leaves_nothing_behind(tmp_path):
+    from qrl.config.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "a" / "b" / "run")
+    folder.check_writable()
+    assert folder.created and list(tmp_path.iterdir()) == []  # the folders it made to try are gone again
+    (tmp_path / "old").mkdir()
+    RunFolder(tmp_path / "old").check_writable()
+    assert list((tmp_path / "old").iterdir()) == []  # the probe file too

@@ -200,6 +200,8 @@ def test_bad_inputs_are_one_clear_line(tiny_model, tmp_path, preference_file, ca
         (["--data_path", str(preference_file), "--learning_rate", "0"], "--learning_rate must be greater than 0"),
         (["--data_path", str(preference_file), "--kl_coef", "0.1"], "unrecognized arguments: --kl_coef"),
         (["--data_path", str(preference_file), "--base_model", str(tmp_path / "nope")], "model folder not found"),
+        (["--data_path", str(preference_file), "--output_dir", "/proc/qrl-no-such-dir"],
+         "output folder /proc/qrl-no-such-dir/tiny-llama-reward cannot be created"),
     ]
     for i, (extra, needle) in enumerate(cases):
         if i < 2:  # as a user meets it: a process that prints one line and exits 2

@@ -198,6 +198,8 @@ def test_eval_only_writes_results_and_readable_samples(grpo_argv, tiny_model):
     assert len(samples) == 3 and {"task_id", "completion", "passed", "status", "same_value"} <= samples[0].keys()
     assert samples[0]["task_id"] == "py/2"  # the eval split only
     assert evals["steps"][0]["same_value"] == sum(s["same_value"] for s in samples)
+    assert evals["steps"][0]["passed_by_problem"] == {"py/2": sum(s["passed"] for s in samples)}
+    assert (folder.results / f"verdicts_{tiny_model.name}.png").stat().st_size > 1000  # the verdicts, plotted
     assert not folder.checkpoints.exists()
 
 

@@ -139,6 +139,9 @@ class TrackingArguments:
 
     wandb: bool = _opt(False, "Report to Weights & Biases (works offline with WANDB_MODE=offline).")
     wandb_project: str = _opt("q-rl", "W&B project.")
+    wandb_table_rows: int = _opt(
+        16, "Answers per logging step in the W&B completions table, with verdict, tests and reward (0: no table)."
+    )
 
 
 @dataclass
@@ -172,6 +175,7 @@ class EvalArguments:
     eval_num_samples: int = _opt(4, "Samples per problem (n of pass@k).")
     eval_temperature: float = _opt(0.8, "Sampling temperature for evaluation (0: greedy, one sample).")
     eval_max_problems: int | None = _opt(None, "Evaluate at most this many problems (default: all).")
+    eval_on_start: bool = _opt(False, "Evaluate once before the first step too: the baseline for the final numbers.")
 
 
 @dataclass

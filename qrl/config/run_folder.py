@@ -12,6 +12,7 @@
 ├── data/mined_pairs.jsonl      (the mined pairs, in the preference format)
 ├── results/*.png               (training curves)
 ├── results/samples_<model>.jsonl  (an --eval_only run's answers with their verdicts)
+├── results/verdicts_<model>.png   (an --eval_only run's verdicts, and passes per problem)
 └── config.yaml                 (the effective configuration, re-runnable with --config)
 ```
 Every JSON file is replaced atomically and every checkpoint appears under its name only once complete, so a run
@@ -34,7 +35,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from qrl.config import interrupts
-from qrl.data.records import UserError, atomic_write
+from qrl.data.records import UserError, atomic_write, probe_folder
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -119,12 +120,9 @@ class RunFolder:
         self.check_writable()
 
     def check_writable(self) -> None:
+        """Try the folder by making it and a file in it, then removing what was made: nothing stays."""
         self.created = not self.root.exists()
-        parent = self.root
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"output folder is not writable: {parent}")
+        probe_folder(self.root, "output folder")
 
     def create(self, resume: Path | None, overwrite: bool) -> None:
         """Make the folder; on resume, drop log entries newer than the checkpoint (they will be logged again)."""
@@ -295,6 +293,40 @@ class RunFolder:
             plt.close(fig)
             written.append(out)
         return written
+
+    def plot_verdicts(self, entry: dict[str, Any], name: str) -> Path:
+        """One evaluation at a glance (``results/verdicts_<name>.png``): how many answers got each verdict, and how
+        many of each problem's answers passed (``entry`` as eval_results.json holds it)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+
+        statuses = {k.removeprefix("status/"): v for k, v in entry.items() if k.startswith("status/")}
+        by_problem = entry.get("passed_by_problem") or {}
+        per = entry.get("samples", 0) // max(len(by_problem), 1)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(3.0, 0.18 * len(by_problem) + 1)), squeeze=True)
+        _bar_chart(left, list(statuses), list(statuses.values()), f"verdicts of {entry.get('samples', 0)} answers",
+                   "answers")
+        _bar_chart(right, list(by_problem), list(by_problem.values()),
+                   f"answers passed per problem (of {per}); pass@1 {entry.get('pass@1', 0):.3f}", "passed")
+        right.set_xlim(0, max(per, 1))
+        right.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        fig.tight_layout()
+        out = self.results / f"verdicts_{name}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=90)
+        plt.close(fig)
+        return out
+
+
+def _bar_chart(ax, labels: list[str], values: list[float], title: str, xlabel: str) -> None:
+    ax.barh(range(len(labels)), values, color="tab:blue")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
 
 
 _WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",

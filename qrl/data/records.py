@@ -61,15 +61,42 @@ def atomic_write(path: str | Path, text: str) -> None:
 
 
 def check_writable(path: str | Path) -> None:
-    """Fail before any work when an output file could not be written."""
+    """Fail before any work when an output file could not be written (its folder is tried by writing there)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a file")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: cannot write there ({parent} is not a writable folder)")
+    probe_folder(path.parent, f"cannot write {path}: its folder")
+
+
+def probe_folder(folder: str | Path, what: str) -> None:
+    """Fail, in one line starting with ``what``, when ``folder`` could not be created or written: tried by making
+    it (and the folders above it that are missing) and a file in it, all removed again, so that nothing stays. Asking
+    ``os.access`` is not enough: root is granted everything there, /proc and /sys included, where nothing can be
+    made."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {folder} cannot be created ({existing} is a file, not a folder)")
+    missing = [folder, *folder.parents][: len(folder.parts) - len(existing.parts)]
+    made: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".qrl-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        verb = "written" if len(made) == len(missing) else "created"
+        raise UserError(f"{what} {folder} cannot be {verb} ({e.strerror or type(e).__name__})") from None
+    finally:
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def require_fields(record: Record, fields: Iterable[str]) -> None:

@@ -101,6 +101,32 @@ def _defines(code: str, name: str, language: str) -> bool:
     return re.search(rf"^{re.escape(name)}\s*:", code, re.MULTILINE) is not None
 
 
+def may_define(code: str, name: str, language: str) -> bool:
+    """Whether ``code`` could bind ``name``: generous, so that "the answer defines no function of that name" is said
+    only when nothing in it could (for Python: no definition, assignment or import of the name anywhere, no
+    ``import *``, nothing that defines names at run time; code that does not parse is not judged here)."""
+    if language != "python":
+        word = re.escape(name)
+        return re.search(rf"(?<![\w.`]){word}\s*::?|`{word}\b", code) is not None  # q: name: or `name (set)
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        if isinstance(node, ast.Name) and (node.id in _DYNAMIC or node.id == name and isinstance(node.ctx, ast.Store)):
+            return True
+        if isinstance(node, ast.alias) and (node.name == "*" or (node.asname or node.name.split(".")[0]) == name):
+            return True
+        if isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name == name:
+            return True
+    return False
+
+
+_DYNAMIC = {"exec", "eval", "globals", "locals", "vars", "setattr", "__import__", "__builtins__", "compile"}
+
+
 def program_code(problem: Problem, completion: str) -> str:
     """The full program for a completion: its code, after the prompt where the format joins them (a completion that
     defines the entry point itself still gets the prompt first, for the imports and helpers it holds)."""

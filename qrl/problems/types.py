@@ -105,6 +105,7 @@ class Submission:
     jobs: tuple[Job, ...]
     syntax_error: str | None = None  # found without running anything: no jobs
     infra_error: str | None = None  # making it ready failed (a bug here, not the answer's fault): no jobs
+    missing_entry_point: bool = False  # nothing in the program binds the problem's entry point (see judge)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ top: ``python reward_model.py score`` must start without it.
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, get_args
@@ -48,6 +49,34 @@ class Sample:
     task_id: str | None = None
 
 
+@dataclass(frozen=True)
+class JudgedAnswer:
+    """One answer judged through the reward-function interface: what was asked, what came back, and its result."""
+
+    prompt: Any
+    completion: str
+    result: ScoreResult
+
+
+class JudgedAnswers:
+    """The answers a scorer judged most recently, at most ``limit``, for the tables a person reads (the W&B
+    completions table): ``take`` hands them over and forgets them. Scoring runs in threads: the record is locked."""
+
+    def __init__(self, limit: int = 1024):
+        self._answers: deque[JudgedAnswer] = deque(maxlen=limit)
+        self._lock = threading.Lock()
+
+    def add(self, answers: Sequence[JudgedAnswer]) -> None:
+        with self._lock:
+            self._answers.extend(answers)
+
+    def take(self) -> list[JudgedAnswer]:
+        with self._lock:
+            out = list(self._answers)
+            self._answers.clear()
+        return out
+
+
 class Scorer:
     """A scorer that gives per-sample rewards plus named components, usable as a TRL reward function.
 
@@ -60,6 +89,7 @@ class Scorer:
 
     def __init__(self) -> None:
         self.__name__ = self.name  # what TRL calls the reward in its logs
+        self.judged = JudgedAnswers()  # what the reward-function interface judged, for the tracking tables
 
     def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:
         raise NotImplementedError
@@ -70,6 +100,8 @@ class Scorer:
         samples = _samples(completions or [], kwargs)
         results = self.score_samples(samples)
         self.log(results, kwargs)
+        asked = list(prompts) if prompts is not None and len(prompts) == len(samples) else [None] * len(samples)
+        self.judged.add([JudgedAnswer(p, s.completion, r) for p, s, r in zip(asked, samples, results, strict=True)])
         return [r.reward for r in results]
 
     @property

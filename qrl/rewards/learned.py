@@ -8,7 +8,7 @@ from typing import Any
 
 from qrl.data.records import UserError
 from qrl.problems import Problem
-from qrl.rewards.base import Sample, Scorer, ScoreResult
+from qrl.rewards.base import JudgedAnswer, Sample, Scorer, ScoreResult, completion_text
 
 
 class LearnedReward(Scorer):
@@ -56,6 +56,9 @@ class LearnedReward(Scorer):
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and scores:
             log_metric(f"{self.name}/score", sum(scores) / len(scores))
+        task_ids = kwargs.get("task_id") or [None] * len(scores)
+        self.judged.add([JudgedAnswer(p, completion_text(c), ScoreResult(t, v, {"learned": v}))
+                         for p, c, t, v in zip(prompts, completions or [], task_ids, scores, strict=True)])
         return scores
 
     def score_samples(self, samples: Sequence[Sample]) -> list[ScoreResult]:

@@ -159,10 +159,10 @@ def _print_summary(
     print(
         f"scored {len(results)} completions of {tasks} problems in {seconds:.2f}s with {scorer.workers} workers"
     )
-    print(f"  programs run: {scorer.programs_run}, cache hits: {scorer.cache_hits}")
+    print("  " + _runs_line(scorer))
     print("  " + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]))
-    if same := sum(r.same_value for r in results):
-        print(f"  of the failed, {same} gave every test the same value (partial credit by luck)")
+    if line := _same_value_line(results):
+        print("  " + line)
     if judged:
         print(f"  mean reward {sum(judged) / len(judged):.4f}")
         names = sorted({name for r in results if r.reward is not None for name in r.components})
@@ -180,6 +180,33 @@ def _print_summary(
             f"  warning: {len(scorer.reference_failures)} reference solutions fail their tests ({names}...)"
         )
     print(f"  results: {output}")
+
+
+def _runs_line(scorer: TestCaseReward) -> str:
+    """How many answers ran, and how many took the verdict of the same program judged before (a reference solution
+    runs first, to set its problem's time limits)."""
+    line = f"answers run in the sandbox: {scorer.answers_run}"
+    served = scorer.answers_as_reference + scorer.answers_repeated
+    if served:
+        parts = [f"{n} {what}" for n, what in ((scorer.answers_as_reference, "the problem's reference solution"),
+                                                (scorer.answers_repeated, "an earlier answer")) if n]
+        line += f"; not run again, being the same program as one judged already: {served} ({', '.join(parts)})"
+    return line
+
+
+def _same_value_line(results: Sequence[ScoreResult]) -> str:
+    """Failed answers that gave every test the same value, and whether that won them any test (partial credit by
+    luck: a constant that happens to be some tests' answer)."""
+    same = [r for r in results if r.same_value]
+    if not same:
+        return ""
+    lucky = [r for r in same if r.tests_passed]
+    line = f"of the failed, {len(same)} gave every test the same value"
+    if not lucky:
+        return line + ", and passed no test that way"
+    tests = sum(r.tests_passed for r in lucky)
+    plural = "s" * (tests != 1)
+    return line + f"; {len(lucky)} of them passed {tests} test{plural} in all that way (partial credit by luck)"
 
 
 def score_main(argv: Sequence[str], prog: str = "reward_model.py score") -> int:

@@ -75,8 +75,12 @@ class TestCaseReward(Scorer):
         self._cache: dict[str, tuple[float, Future]] = {}  # program key -> (CPU limit, Future[Verdict])
         self._reference_cpu: dict[str, float | None] = {}
         self.reference_failures: dict[str, Verdict] = {}
-        self.programs_run = 0
+        self.programs_run = 0  # sandbox runs (a stdin/stdout program runs once per test)
         self.cache_hits = 0
+        self.answers_run = 0  # answers (not references) that ran in the sandbox
+        self.answers_as_reference = 0  # answers that were their problem's reference solution: its verdict served
+        self.answers_repeated = 0  # answers that were an earlier answer's program: its verdict served
+        self._reference_keys: set[str] = set()
         if calibration_cache is not None and not isinstance(calibration_cache, CalibrationCache):
             calibration_cache = CalibrationCache(calibration_cache)
         self.calibration_cache: CalibrationCache | None = calibration_cache
@@ -120,6 +124,7 @@ class TestCaseReward(Scorer):
             problems_module.prepare(p, c, self.limits.output) for p, (_, c) in zip(chosen, items, strict=True)
         ]
         futures = self._verdicts(submissions)
+        self._count_answers(submissions, [cached for _future, cached in futures])
         if progress is not None:
             for future, _cached in futures:
                 future.add_done_callback(lambda _f: progress(1))
@@ -127,6 +132,16 @@ class TestCaseReward(Scorer):
             self._result(sub, f.result(), cached)
             for sub, (f, cached) in zip(submissions, futures, strict=True)
         ]
+
+    def _count_answers(self, submissions: Sequence[Submission], cached: Sequence[bool]) -> None:
+        with self._lock:
+            for sub, hit in zip(submissions, cached, strict=True):
+                if not hit:
+                    self.answers_run += bool(sub.jobs)
+                elif sub.key in self._reference_keys:
+                    self.answers_as_reference += 1
+                else:
+                    self.answers_repeated += 1
 
     def reward(self, problem: Problem, verdict: Verdict) -> tuple[float | None, dict[str, float]]:
         """The reward for a verdict and its components (unweighted, ``qrl.rewards.components``); None for infra
@@ -173,6 +188,8 @@ class TestCaseReward(Scorer):
         submissions = [
             problems_module.prepare_program(p, p.reference or "", self.limits.output) for p in todo if p.reference
         ]
+        with self._lock:
+            self._reference_keys.update(sub.key for sub in submissions)
         stored = self._stored_calibrations(submissions, limits)
         fresh = [sub for sub, (_key, verdict) in zip(submissions, stored, strict=True) if verdict is None]
         futures = iter(self._verdicts(fresh, limits.cpu_time))

@@ -26,6 +26,7 @@ from qrl.models.loading import as_chat, check_reward_model, load_tokenizer
 from qrl.resources import PREFERENCES as SHIPPED_PREFERENCES
 from qrl.resources import PREFERENCES_EVAL as SHIPPED_PREFERENCES_EVAL
 from qrl.resources import PROBLEMS as SHIPPED_PROBLEMS
+from qrl.training import tracking
 from qrl.training.ppo import PPOTrainer, ppo_config
 from qrl.training.prompts import build_prompt, sample_completions, truncate_prompt
 from qrl.training.trl import (
@@ -58,6 +59,7 @@ def method_of(cfg: Config) -> str:
 
 def run_name(cfg: Config) -> str:
     return cfg.run.experiment_name or Path(cfg.model.base_model.rstrip("/")).name
+
 
 
 def train(cfg: Config) -> RunFolder:
@@ -283,6 +285,7 @@ def train_in_folder(trainer, tokenizer, folder: RunFolder, cfg: Config, resume: 
 
     ``on_create`` writes the path's own files once the folder exists; ``after_train`` runs before trackers close.
     """
+    tracking.attach(trainer, cfg)
     if trainer.accelerator.is_main_process:
         folder.create(resume, cfg.run.overwrite_output_dir)
         folder.write_config(cfg.to_yaml())
@@ -304,8 +307,9 @@ def _finish(trainer, tokenizer, folder: RunFolder, after_train: Callable[[], Non
         folder.log_line(f"final model saved to {final}")
         if after_train:
             after_train()
-        folder.plot()
+        tracking.report_end(folder, folder.plot())  # the summary printed, the plots and headline numbers to W&B
     _end(trainer)
+    tracking.finish_run()
 
 
 def _stop_interrupted(trainer, folder: RunFolder, stop: StopAtSignal) -> None:
@@ -422,14 +426,24 @@ def evaluate_only(cfg: Config) -> RunFolder:
     with test_case_reward(cfg, problems) as scorer:
         metrics, samples = PassAtKEvaluator(cfg, problems, tokenizer, scorer)(model)
     step = _checkpoint_step(Path(model_path))
+    entry = {"step": step, "model": model_path, **metrics, "passed_by_problem": passed_by_problem(samples)}
     (out,) = folder.eval_samples(model_path)
     with interrupts.deferred():  # both files or neither: a signal here waits for the writes
-        folder.append_entry(folder.eval_json, {"step": step, "model": model_path, **metrics}, method="eval_only")
+        folder.append_entry(folder.eval_json, entry, method="eval_only")
         atomic_write(out, "".join(json.dumps(s) + "\n" for s in samples))
         folder.log_line(f"eval_only {model_path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    plot = folder.plot_verdicts(entry, Path(model_path).name)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    print(f"{model_path}: {json.dumps(shown)}\nSamples with verdicts: {out}")
+    print(f"{model_path}: {json.dumps(shown)}\nSamples with verdicts: {out}\nVerdicts plotted: {plot}")
     return folder
+
+
+def passed_by_problem(samples: list[dict]) -> dict[str, int]:
+    """How many of each problem's samples passed, by task id, in the order the problems came."""
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s["task_id"]] = counts.get(s["task_id"], 0) + bool(s["passed"])
+    return counts
 
 
 def _checkpoint_step(path: Path) -> int:

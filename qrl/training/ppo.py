@@ -19,6 +19,7 @@ from qrl.config.arguments import Config
 from qrl.config.run_folder import RunFolder
 from qrl.data.records import UserError
 from qrl.training.prompts import prompt_text
+from qrl.training.tracking import CompletionTables
 from qrl.training.trl import trl_arguments, trl_config
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class PPOConfig(TrainingArguments):
     gamma: float = 1.0  # discount factor
     lam: float = 0.95  # GAE lambda
     wandb_project: str = "q-rl"  # W&B project, unless WANDB_PROJECT is set
+    wandb_table_rows: int = 16  # answers per logging step in the W&B completions table
 
     @property
     def mini_batch_size(self) -> int:
@@ -81,7 +83,7 @@ def ppo_config(cfg: Config, folder: RunFolder, run_name: str) -> PPOConfig:
         adaptive_kl=p.adaptive_kl, kl_target=p.kl_target, kl_horizon=p.kl_horizon, entropy_coef=m.entropy_coef,
         reward_scale=m.reward_scale, whiten_rewards=p.whiten_rewards, cliprange=p.cliprange,
         cliprange_value=p.cliprange_value, vf_coef=p.vf_coef, gamma=p.gamma, lam=p.lam,
-        wandb_project=cfg.tracking.wandb_project,
+        wandb_project=cfg.tracking.wandb_project, wandb_table_rows=cfg.tracking.wandb_table_rows,
     )
 
 
@@ -236,6 +238,7 @@ class PPOTrainer:
                                        num_training_steps=args.max_steps)
         self.kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
         self.reward_metrics: dict[str, float] = {}
+        self.tables = CompletionTables(reward_fn, args.wandb_table_rows)  # the answers, for W&B
         eos = {tokenizer.eos_token_id}
         gen_eos = policy.generation_config.eos_token_id
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -269,6 +272,8 @@ class PPOTrainer:
                                            config=args.to_dict(),
                                            init_kwargs={"wandb": {"name": os.environ.get("WANDB_NAME", args.run_name)}})
         self._callback("on_train_begin", model=self.policy)
+        if self.eval_rows and args.eval_on_start and self.state.global_step == 0:
+            self._log({f"eval_{k}": v for k, v in self.evaluate().items()})
         while self.state.global_step < args.max_steps:
             rows = self._rows_for_step(self.state.global_step)
             stats = self.step(rows)
@@ -509,8 +514,9 @@ class PPOTrainer:
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._callback("on_log", logs=dict(logs))
         if self.args.report_to:
-            self.accelerator.log({k.replace("eval_", "eval/", 1) if k.startswith("eval_") else f"train/{k}": v
-                                  for k, v in logs.items()}, step=self.state.global_step)
+            tables = self.tables.for_log(logs, self.state.global_step)
+            self.accelerator.log({**{k.replace("eval_", "eval/", 1) if k.startswith("eval_") else f"train/{k}": v
+                                     for k, v in logs.items()}, **tables}, step=self.state.global_step)
 
     def _save_checkpoint(self) -> None:
         """``checkpoint-N`` under ``output_dir`` (the run folder's staging folder, renamed into ``checkpoints/`` and

@@ -175,6 +175,7 @@ def trl_arguments(cfg: Config, folder: RunFolder, run_name: str, has_eval: bool)
         save_total_limit=cfg.run.save_total_limit,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=m.eval_steps if evaluate else None,
+        eval_on_start=evaluate and cfg.evaluation.eval_on_start if hasattr(cfg, "evaluation") else False,
         logging_steps=m.logging_steps,
         bf16=m.bf16,  # TRL defaults to True; the specification makes it opt-in
         activation_checkpointing=m.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
@@ -296,11 +297,19 @@ def _grpo_class():
         with equal rewards left out of the loss, and evaluation by running sampled code (pass@k)."""
 
         def __init__(self, *args, reward_scale: float = 1.0, drop_zero_variance_groups: bool = False,
-                     evaluator=None, **kwargs):
+                     evaluator=None, tables=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.reward_scale = reward_scale
             self.drop_zero_variance_groups = drop_zero_variance_groups
             self.evaluator = evaluator
+            self.tables = tables  # tracking.CompletionTables: the answers, logged to W&B beside the statistics
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            super().log(logs, start_time)
+            if self.tables is not None and self.accelerator.is_main_process:
+                from qrl.training.tracking import log_tables
+
+                log_tables(self.tables.for_log(logs, self.state.global_step), self.state.global_step)
 
         def _generate_and_score_completions(self, inputs):
             import torch
@@ -325,8 +334,10 @@ def _grpo_class():
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
             if self.evaluator is None:
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            metrics, _ = self.evaluator(self.accelerator.unwrap_model(self.model), self.accelerator)
+            metrics, samples = self.evaluator(self.accelerator.unwrap_model(self.model), self.accelerator)
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+            if self.tables is not None:
+                self.tables.add_samples(samples)
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
@@ -337,8 +348,14 @@ def _grpo_class():
 def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, eval_dataset, reward_funcs: list,
                        folder: RunFolder, run_name: str, callbacks: list, evaluator=None):
     """TRL's GRPOTrainer with the run's options: kl_coef -> beta, entropy_coef -> entropy_coef, and TRL's own
-    GRPO names passed through."""
+    GRPO names passed through.
+
+    TRL's completions table (``log_completions``) stays off: the toolkit's (``qrl.training.tracking``) carries each
+    answer's verdict, tests passed and reward components, keeps every step's rows (TRL's replaces the last under one
+    key), and writes nothing into the checkpoints folder."""
     from trl import GRPOConfig
+
+    from qrl.training.tracking import CompletionTables
 
     g = cfg.grpo
     common = trl_arguments(cfg, folder, run_name, has_eval=evaluator is not None)
@@ -373,6 +390,7 @@ def build_grpo_trainer(cfg: Config, model_path: str, tokenizer, train_dataset, e
         reward_scale=cfg.model.reward_scale,
         drop_zero_variance_groups=g.drop_zero_variance_groups,
         evaluator=evaluator,
+        tables=CompletionTables(reward_funcs[0], cfg.tracking.wandb_table_rows) if cfg.tracking.wandb else None,
     )
 
 # --- reward models ----------------------------------------------------------------------------------
