@@ -7,6 +7,7 @@
 PYTHON ?= python3
 # CPU build on this kind of machine; on a GPU box PyPI's torch 2.13.0 is the CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+DEEPSPEED_SPEC ?= deepspeed==0.19.8
 DEMO_DIR ?= output
 # The demo's run, a few GRPO steps on 2 CPU cores; DEMO_ARGS adds or overrides flags (the tests shrink it with them).
 DEMO_FLAGS = --test_case_rewards_only --experiment_name demo --output_dir $(DEMO_DIR) --overwrite_output_dir \
@@ -15,6 +16,18 @@ DEMO_FLAGS = --test_case_rewards_only --experiment_name demo --output_dir $(DEMO
 DEMO_ARGS ?=
 
 .PHONY: install model demo demo-run demo-dpo test lint bench
+
+# Not editable: an editable install adds an import hook that every interpreter start pays for (~20 ms), sandbox
+# servers included. The scripts and tests in this folder import the package from here; benches and recipes import the
+# installed one (make bench and make install reinstall it). DeepSpeed builds against the torch already installed
+# (--no-build-isolation), so that the ZeRO tests run rather than skip.
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check ".[dev]"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-build-isolation "$(DEEPSPEED_SPEC)"
+
+model: install
+	$(PYTHON) -m qrl.models.embedded
 
 demo: model
 	$(MAKE) --no-print-directory demo-run

@@ -18,7 +18,7 @@ def test_specification_names_map_onto_trl(tmp_path):
     assert args.gradient_checkpointing is True
     assert args.eval_strategy == "steps" and args.eval_steps == 5
     assert args.report_to == ["wandb"]
-    assert args.output_dir == str(tmp_path / "r" / "checkpoints")
+    assert args.output_dir == str(RunFolder(tmp_path / "r").staging)  # published into checkpoints/ when complete
     no_eval = trl_arguments(cfg, RunFolder(tmp_path / "r"), "r", has_eval=False)
     assert no_eval["eval_strategy"] == "no"
 
