@@ -39,7 +39,7 @@ def rl(argv: Sequence[str] | None = None, prog: str = "run_rl.py") -> int:
             paths.method_of(cfg)
             folder = paths.train(cfg)
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        _say_error(prog, e)
         return 2
     except interrupts.Interrupted as e:
         during = "--eval_only: no results written" if cfg and cfg.evaluation.eval_only else "start-up: nothing saved"
@@ -61,7 +61,7 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
             validate_training(cfg)
             folder = train_reward_model(cfg)
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        _say_error(prog, e)
         return 2
     except interrupts.Interrupted as e:
         return _interrupted(prog, e, "start-up: nothing saved")
@@ -69,6 +69,12 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
     if not cfg.mining.mine_only:
         print(f"Reward model: {folder.final_model}")
     return 0
+
+
+def _say_error(prog: str, e: UserError) -> None:
+    """One line; an error every rank raised alike, from the main process only."""
+    if not e.every_rank or os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
 
 
 def _interrupted(prog: str, e: interrupts.Interrupted, before: str) -> int:

@@ -13,7 +13,7 @@ from trl.trainer.utils import entropy_from_logits
 from qrl.config.arguments import RL_SECTIONS, parse_config
 from qrl.rewards.learned import LearnedReward
 from qrl.training.paths import prepare_run, run_ppo, train
-from qrl.training.ppo import (
+from qrl.training.ppo_stats import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,

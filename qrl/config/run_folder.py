@@ -104,11 +104,27 @@ class RunFolder:
             latest = self.latest_checkpoint()
             if latest is None:
                 raise UserError(f"--resume_from_checkpoint latest: no complete checkpoint in {self.checkpoints}")
+            self.check_processes(latest)
             return latest
         path = Path(resume)
         if not (path / "trainer_state.json").is_file():
             raise UserError(f"--resume_from_checkpoint: {path} is not a checkpoint folder (no trainer_state.json)")
+        self.check_processes(path)
         return path
+
+    @staticmethod
+    def check_processes(checkpoint: Path) -> None:
+        """A checkpoint resumes with the number of processes that wrote it (each rank restores its own random
+        state; under DeepSpeed its own optimizer shard). Every rank finds the same, so it is said once."""
+        saved = len(list(checkpoint.glob("rng_state_*.pth"))) or (1 if (checkpoint / "rng_state.pth").is_file()
+                                                                   else None)
+        now = int(os.environ.get("WORLD_SIZE", "1"))
+        if saved is not None and saved != now:
+            error = UserError(f"--resume_from_checkpoint: {checkpoint.name} was written by {saved} process"
+                              f"{'es' if saved > 1 else ''} and this run has {now}: resume with "
+                              f"--num_processes {saved} (or start a new run)")
+            error.every_rank = True
+            raise error
 
     def check_can_start(self, resume: Path | None, overwrite: bool) -> None:
         """Refuse to overwrite an earlier run silently; check the folder is writable. Writes nothing."""

@@ -18,6 +18,8 @@ from typing import Any
 class UserError(Exception):
     """Bad input from the user: the command line prints it as one line, with no traceback."""
 
+    every_rank = False  # True: every rank of a launch raises it alike (the main process alone says it)
+
 
 class DataError(UserError):
     """A data file that cannot be used; the message names the file (and line where there is one)."""
