@@ -138,8 +138,9 @@ class PPOTrainer:
         self.args, self.tokenizer, self.reward_fn = args, tokenizer, reward_fn
         self.train_rows, self.eval_rows = train_rows, eval_rows or []
         self.callbacks = callbacks or []
+        # no cpu=: accelerate turns DeepSpeed off with it; the launch (or paths.train's PartialState) says the device
         self.accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
-                                       cpu=args.use_cpu, log_with="wandb" if "wandb" in args.report_to else None)
+                                       log_with="wandb" if "wandb" in args.report_to else None)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.zero_stage = deepspeed_stage(self.accelerator)
         if self.zero_stage is not None:

@@ -269,15 +269,30 @@ def _save_final_sharded(trainer, tokenizer, folder: RunFolder) -> Path:
     trainer.save_model(str(folder.final_model))
     if trainer.accelerator.is_main_process:
         if is_adapter(folder.final_model):
-            from peft import AutoPeftModelForCausalLM
-
-            merged = AutoPeftModelForCausalLM.from_pretrained(folder.final_model, device_map="cpu").merge_and_unload()
-            for path in folder.final_model.glob("adapter_*"):
-                path.unlink()
-            merged.save_pretrained(folder.final_model)
+            _merge_adapters(trainer.accelerator, folder.final_model)
         tokenizer.save_pretrained(folder.final_model)
     trainer.accelerator.wait_for_everyone()
     return folder.final_model
+
+
+def _merge_adapters(accelerator, final: Path) -> None:
+    """Adapters merged into their base, whole, on this process alone: under ZeRO-3 ``from_pretrained`` would
+    shard what it loads (a collective the other ranks are not in), so DeepSpeed's hold on it is lifted meanwhile."""
+    from transformers.integrations import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    zero3 = is_deepspeed_zero3_enabled()
+    if zero3:
+        unset_hf_deepspeed_config()
+    try:
+        from peft import AutoPeftModelForCausalLM
+
+        merged = AutoPeftModelForCausalLM.from_pretrained(final, device_map="cpu").merge_and_unload()
+        for path in final.glob("adapter_*"):
+            path.unlink()
+        merged.save_pretrained(final)
+    finally:
+        if zero3:
+            accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
 # --- GRPO: the test-case paths ------------------------------------------------------------------------------
