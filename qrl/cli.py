@@ -65,9 +65,10 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
         return 2
     except interrupts.Interrupted as e:
         return _interrupted(prog, e, "start-up: nothing saved")
-    print(f"Run folder: {folder.root}")
-    if not cfg.mining.mine_only:
-        print(f"Reward model: {folder.final_model}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"Run folder: {folder.root}")
+        if not cfg.mining.mine_only:
+            print(f"Reward model: {folder.final_model}")
     return 0
 
 

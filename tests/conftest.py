@@ -104,6 +104,18 @@ def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def ppo_argv(tiny_model, tiny_reward_model, preference_file, tmp_path):
+    """Two PPO steps of the tiny model against the tiny reward model, a checkpoint each step, evaluation at 2."""
+    return [
+        "--use_reward_model", "--reward_model_path", str(tiny_reward_model), "--base_model", str(tiny_model),
+        "--preference_data", str(preference_file), "--output_dir", str(tmp_path / "out"), "--experiment_name", "p",
+        "--max_steps", "2", "--save_steps", "1", "--eval_steps", "2", "--batch_size", "2",
+        "--gradient_accumulation_steps", "1", "--max_completion_length", "12", "--max_seq_length", "96",
+        "--ppo_epochs", "2", "--learning_rate", "1e-3", "--eval_split", "0.25",
+    ]
+
+
 def problem_rows(n: int = 3) -> list[dict]:
     """The first n training problems of the shipped Python set (with tests and reference solutions)."""
     rows = [json.loads(line) for line in (ROOT / "data" / "problems" / "python.jsonl").read_text().splitlines()]

@@ -1,70 +1,17 @@
 """Several processes (torchrun, or accelerate launch with the shipped configs; gloo on CPU): one run folder, written
 once, by the main process; resume with the same number of processes."""
 
-import contextlib
 import importlib.util
 import json
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from launching import accelerate_launch, free_port, kill_after_first_checkpoint, steps
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_command(config: str, argv: list[str]) -> list[str]:
-    """Two processes under `accelerate launch` with one of the shipped configurations."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "configs" / "accelerate" / config), "--num_processes", "2",
-            "--main_process_port", str(free_port()), str(ROOT / "run_rl.py"), *argv]
-
-
-def accelerate_launch(config: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(launch_command(config, argv), cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def kill_after_first_checkpoint(config: str, argv: list[str], cwd: Path, run: Path) -> None:
-    """Start a run and SIGKILL the launcher and both ranks as soon as a checkpoint is complete."""
-    import psutil
-
-    from qrl.config.run_folder import RunFolder
-
-    with open(cwd / "killed_run.log", "w") as log:
-        proc = subprocess.Popen(launch_command(config, argv), cwd=cwd, stdout=log, stderr=log)
-        deadline = time.monotonic() + 300
-        try:
-            while RunFolder(run).latest_checkpoint() is None:
-                assert proc.poll() is None, (cwd / "killed_run.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "no checkpoint within 300 s"
-                time.sleep(0.05)
-        finally:  # the ranks run in sessions of their own: kill the whole tree, not a process group
-            try:
-                launcher = psutil.Process(proc.pid)
-                tree = [*launcher.children(recursive=True), launcher]
-            except psutil.NoSuchProcess:  # it ended already: the assertion above says why
-                tree = []
-            for p in tree:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.send_signal(signal.SIGKILL)
-            psutil.wait_procs(tree, timeout=30)
-            proc.wait()
-
-
-def steps(path: Path) -> list[int]:
-    return [e["step"] for e in json.loads(path.read_text())["steps"]]
 
 
 def test_two_process_dpo_writes_one_run_folder(dpo_argv, tmp_path):

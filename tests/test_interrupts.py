@@ -308,7 +308,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step(dpo_argv, tmp_path
     """`accelerate launch` forwards SIGTERM to both ranks; they agree on the step, write one checkpoint (each its
     own random state in it), all exit, and a two-process resume goes on from there."""
     import psutil
-    from test_distributed import launch_command
+    from launching import launch_command
 
     if config.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         pytest.fail("deepspeed is not installed: `make install` installs it (pip install --no-build-isolation "
@@ -329,7 +329,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step(dpo_argv, tmp_path
     saved = run / "checkpoints" / f"checkpoint-{step}"
     assert sorted(p.name for p in saved.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    from test_distributed import accelerate_launch
+    from launching import accelerate_launch
 
     accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], tmp_path)
     assert steps(run / "logs" / "rewards.json") == list(range(1, max_steps + 1))

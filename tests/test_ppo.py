@@ -85,17 +85,6 @@ def test_whitening_entropy_explained_variance_and_adaptive_kl():
 
 
 # --- runs -----------------------------------------------------------------------------------------------
-@pytest.fixture
-def ppo_argv(tiny_model, tiny_reward_model, preference_file, tmp_path):
-    return [
-        "--use_reward_model", "--reward_model_path", str(tiny_reward_model), "--base_model", str(tiny_model),
-        "--preference_data", str(preference_file), "--output_dir", str(tmp_path / "out"), "--experiment_name", "p",
-        "--max_steps", "2", "--save_steps", "1", "--eval_steps", "2", "--batch_size", "2",
-        "--gradient_accumulation_steps", "1", "--max_completion_length", "12", "--max_seq_length", "96",
-        "--ppo_epochs", "2", "--learning_rate", "1e-3", "--eval_split", "0.25",
-    ]
-
-
 def run(argv):
     return train(parse_config(RL_SECTIONS, argv))
 
