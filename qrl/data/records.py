@@ -74,8 +74,17 @@ def probe_folder(folder: str | Path, what: str) -> None:
     """Fail, in one line starting with ``what``, when ``folder`` could not be created or written: tried by making
     it (and the folders above it that are missing) and a file in it, all removed again, so that nothing stays. Asking
     ``os.access`` is not enough: root is granted everything there, /proc and /sys included, where nothing can be
-    made."""
-    folder = Path(folder)
+    made. The ranks of a launch probe the same folder at once: a folder another rank made counts as existing, and
+    one it removed under this probe is made again."""
+    for attempt in range(5):
+        try:
+            return _probe_once(Path(folder), what)
+        except FileNotFoundError as e:  # another rank removed the folder it had made for its own probe, or
+            if attempt == 4:  # a folder where none can be made (/proc)
+                raise UserError(f"{what} {folder} cannot be created ({e.strerror})") from None
+
+
+def _probe_once(folder: Path, what: str) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -85,11 +94,16 @@ def probe_folder(folder: str | Path, what: str) -> None:
     made: list[Path] = []
     try:
         for d in reversed(missing):
-            d.mkdir()
-            made.append(d)
+            try:
+                d.mkdir()
+                made.append(d)
+            except FileExistsError:  # made meanwhile by another rank's probe
+                pass
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".qrl-write-probe-")
         os.close(fd)
         os.unlink(probe)
+    except FileNotFoundError:
+        raise
     except OSError as e:
         verb = "written" if len(made) == len(missing) else "created"
         raise UserError(f"{what} {folder} cannot be {verb} ({e.strerror or type(e).__name__})") from None
