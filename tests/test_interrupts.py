@@ -307,32 +307,43 @@ def test_low_free_space_is_one_warning_at_start(tmp_path, monkeypatch, capsys):
 def test_sigterm_to_the_launcher_stops_every_rank_at_one_step(dpo_argv, tmp_path, config):
     """`accelerate launch` forwards SIGTERM to both ranks; they agree on the step, write one checkpoint (each its
     own random state in it), all exit, and a two-process resume goes on from there."""
+    argv = with_steps(dpo_argv, 40, save_steps="1000", eval_steps="0", logging_steps="1", batch_size="1")
+    sigterm_two_ranks_and_resume(config, argv, tmp_path, tmp_path / "out" / "t", 40)
+
+
+def test_ppo_under_zero3_stops_every_rank_on_sigterm_and_resumes(ppo_argv, tmp_path):
+    """The toolkit's own PPO loop as the Trainer's: the ranks agree on the signal at a step boundary
+    (StopAtSignal's all-reduce), save that step once through the run folder's callback, and resume."""
+    argv = with_steps(ppo_argv, 30, save_steps="1000", eval_steps="0", logging_steps="1", ppo_epochs="1")
+    run = tmp_path / "out" / "p"
+    step = sigterm_two_ranks_and_resume("deepspeed_zero3.yaml", argv, tmp_path, run, 30)
+    assert (run / "checkpoints" / f"checkpoint-{step}" / f"global_step{step}").is_dir()
+
+
+def sigterm_two_ranks_and_resume(config: str, argv: list[str], cwd: Path, run: Path, max_steps: int) -> int:
     import psutil
-    from launching import launch_command
+    from launching import accelerate_launch, launch_command
 
     if config.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         pytest.fail("deepspeed is not installed: `make install` installs it (pip install --no-build-isolation "
                     "deepspeed after torch)")
-    max_steps = 40
-    argv = with_steps(dpo_argv, max_steps, save_steps="1000", eval_steps="0", logging_steps="1", batch_size="1")
-    run = tmp_path / "out" / "t"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"}
-    with open(tmp_path / "stderr.txt", "w") as err_file:
-        proc = subprocess.Popen(launch_command(config, argv), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+    with open(cwd / "stderr.txt", "w") as err_file:
+        proc = subprocess.Popen(launch_command(config, argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=err_file)
-        wait_for_step(proc, run / "logs" / "rewards.json", 2, tmp_path, timeout=300)
+        wait_for_step(proc, run / "logs" / "rewards.json", 2, cwd, timeout=300)
         ranks = psutil.Process(proc.pid).children(recursive=True)
-        code, err = stop(proc, signal.SIGTERM, tmp_path)
+        code, err = stop(proc, signal.SIGTERM, cwd)
     assert code == 143, err[-3000:]
     step = interrupted_line(err)
     check_nothing_lost(run, step)
     saved = run / "checkpoints" / f"checkpoint-{step}"
     assert sorted(p.name for p in saved.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    from launching import accelerate_launch
-
-    accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], tmp_path)
+    accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], cwd)
     assert steps(run / "logs" / "rewards.json") == list(range(1, max_steps + 1))
+    assert f"training from step {step} to step {max_steps}" in (run / "logs" / "training_log.txt").read_text()
+    return step
 
 
 # --- evaluation and scoring ------------------------------------------------------------------------------------
