@@ -105,13 +105,17 @@ NF4_BYTES = 0.5 + 0.0159  # QLoRA: 4 bits per weight + double-quantised block co
 # dtype); on the CPU the torch fallback holds about 8 fp32 tile-sized temporaries in the backward pass.
 TILE_TOKENS, TILE_VOCAB = 4096, 32768
 TILES = {"gpu": (1, 2), "cpu": (8, 4)}  # (tile buffers, bytes per entry)
+# PPO computes the answer tokens' logits in fp32 whole. Training: the logits, their tempered copy, the entropy's
+# softmax and log-softmax kept for the backward pass, and their gradient; the rollout: policy and reference logits,
+# the tempered copy and logsumexp's temporary, one micro-batch at a time.
+PPO_LOGIT_COPIES, PPO_ROLLOUT_COPIES = 5, 4
 
 
 @dataclass(frozen=True)
 class Setup:
     """What one estimate is for."""
 
-    method: str  # "dpo" or "grpo"
+    method: str  # "dpo", "grpo" or "ppo"
     tuning: str  # "full", "lora" or "qlora"
     sharding: str  # "none" (one process or DDP), "zero2", "zero3" or "fsdp"
     gpus: int = 1
@@ -119,10 +123,10 @@ class Setup:
     checkpointing: bool = True
     lora_r: int = 16
     seq_len: int = 1024  # DPO: tokens per sequence (a pair is two sequences)
-    prompt_len: int = 512  # GRPO
-    completion_len: int = 256  # GRPO
+    prompt_len: int = 512  # GRPO, PPO
+    completion_len: int = 256  # GRPO, PPO
     grad_accum: int = 8  # micro-batches per optimizer step
-    generation_batch: int = 8  # GRPO: sequences generated at once per process (batch_size x grad accumulation)
+    generation_batch: int = 8  # GRPO, PPO: sequences generated at once per process (batch_size x grad accumulation)
     kl: bool = True  # a reference model is needed (kl_coef > 0)
 
 
@@ -156,8 +160,12 @@ def estimate(arch: Arch, s: Setup) -> dict[str, float]:
         else:
             base = arch.linear_params * NF4_BYTES + arch.other_params * act_bytes
         whole_weights, grads, optimizer, reference = base + T * w, T * g, T * o, 0.0
+    if s.method == "ppo":  # the value head: one linear layer on the last hidden state, trained in full
+        value_head = arch.hidden + 1
+        whole_weights, grads, optimizer = whole_weights + value_head * w, grads + value_head * g, \
+            optimizer + value_head * o
     lora = s.tuning != "full"
-    # DPO: chosen and rejected of one pair per micro-batch; GRPO: one prompt + completion per micro-batch
+    # DPO: chosen and rejected of one pair per micro-batch; GRPO and PPO: one prompt + completion per micro-batch
     tokens = 2 * s.seq_len if s.method == "dpo" else s.prompt_len + s.completion_len
     one_layer = arch.layer_activation_bytes(act_bytes, s.lora_r if lora else 0, dropout=s.method == "grpo")
     if s.checkpointing:  # every layer's input kept; one layer's activations rebuilt at a time
@@ -166,16 +174,20 @@ def estimate(arch: Arch, s: Setup) -> dict[str, float]:
         layers = tokens * arch.layers * one_layer
     tiles, tile_bytes = TILES[s.device]
     lm_head = tiles * min(tokens, TILE_TOKENS) * min(arch.vocab, TILE_VOCAB) * tile_bytes
+    if s.method == "ppo":  # PPO's own loss builds the answer's fp32 logits whole (no fused head)
+        lm_head = PPO_LOGIT_COPIES * s.completion_len * arch.vocab * 4
     lm_head += tokens * arch.hidden * 4  # the fp32 gradient of the last hidden states
     if s.tuning == "full":  # and the fp32 gradient of the LM head's weight, when it trains
         lm_head += arch.vocab * arch.hidden * 4
     activations = layers + lm_head
     generation = 0.0
-    if s.method == "grpo":
+    if s.method in ("grpo", "ppo"):
         kv_per_token = 2 * arch.layers * arch.kv_heads * arch.head_dim * act_bytes
         generation = s.generation_batch * (s.prompt_len + s.completion_len) * kv_per_token
-        if s.sharding == "zero3":  # TRL gathers the whole weights to generate (FSDP2 goes layer by layer)
+        if s.sharding == "zero3":  # TRL and PPO gather the whole weights to generate (FSDP2 goes layer by layer)
             generation += whole_weights * (1 - 1 / shard_w)
+    if s.method == "ppo":  # then the rollout's forward passes (no gradients), a micro-batch at a time
+        generation = max(generation, PPO_ROLLOUT_COPIES * s.completion_len * arch.vocab * 4)
     parts = {
         "weights": whole_weights / shard_w, "reference": reference / shard_w, "optimizer": optimizer / shard_go,
         "gradients": grads / shard_go, "activations": activations, "generation": generation,
@@ -192,7 +204,7 @@ def estimate(arch: Arch, s: Setup) -> dict[str, float]:
 
 MEASURED_ROWS = [
     {"method": m, "tuning": t, "checkpointing": c}
-    for m in ("dpo", "grpo") for t in ("full", "lora") for c in (True, False)
+    for m in ("dpo", "grpo", "ppo") for t in ("full", "lora") for c in (True, False)
 ]
 # Fixed lengths, so that the formula knows the token counts: DPO pairs of 256-token sequences (128 prompt + 128
 # answer); GRPO 128-token prompts and 64-token completions (min_new_tokens forces the length), 4 per group.
@@ -207,7 +219,7 @@ def measured_setup(row: dict) -> Setup:
         checkpointing=row["checkpointing"], seq_len=DPO_PROMPT + DPO_ANSWER, prompt_len=GRPO_PROMPT,
         completion_len=GRPO_COMPLETION, generation_batch=GRPO_GROUP,
         grad_accum=1 if row["method"] == "dpo" else GRPO_GROUP,
-    )
+    )  # PPO: batch 1 x GRPO_GROUP micro-batches, so that its mini-batch (generated at once) is GRPO's group
 
 
 def _status_kb(field: str) -> int:
@@ -249,7 +261,7 @@ def measure_one(row: dict, model_path: str, steps: int) -> dict:
                  "rejected": _text_of(tokenizer, DPO_ANSWER, i + 2)} for i in range(steps)]
         baseline = _status_kb("VmRSS")
         trainer = build_dpo_trainer(cfg, model_path, tokenizer, Dataset.from_list(rows), None, folder, "mem", [])
-    else:
+    elif row["method"] == "grpo":
         cfg = parse_config(RL_SECTIONS, argv + [
             "--test_case_rewards_only", "--gradient_accumulation_steps", str(GRPO_GROUP),
             "--num_generations", str(GRPO_GROUP), "--max_prompt_length", str(GRPO_PROMPT),
@@ -265,14 +277,42 @@ def measure_one(row: dict, model_path: str, steps: int) -> dict:
                                      [distinct_characters], folder, "mem", [])
         trainer.generation_config.min_new_tokens = GRPO_COMPLETION  # every completion at full length
         trainer.generation_kwargs["min_new_tokens"] = GRPO_COMPLETION
+    if row["method"] == "ppo":
+        baseline, trainer = _ppo_trainer(argv, model_path, tokenizer, folder, steps)
     loaded = _status_kb("VmHWM")
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    result = trainer.train()
+    import time
+
+    start = time.perf_counter()
+    trainer.train()
     peak = _status_kb("VmHWM")
     return {**row, "baseline_mb": baseline / 1024, "peak_mb": peak / 1024, "training_mb": (peak - baseline) / 1024,
             "load_peak_mb": (loaded - baseline) / 1024,
-            "trainable_params": trainable, "s_per_step": result.metrics["train_runtime"] / steps}
+            "trainable_params": trainable, "s_per_step": (time.perf_counter() - start) / steps}
+
+
+def _ppo_trainer(argv: list[str], model_path: str, tokenizer, folder, steps: int):
+    """The toolkit's PPO as run_rl.py builds it, on prompts of GRPO_PROMPT tokens and answers forced to
+    GRPO_COMPLETION; a stand-in reward (memory does not depend on it). Returns the baseline and the trainer."""
+    from qrl.config.arguments import RL_SECTIONS, parse_config
+    from qrl.training.ppo import PPOTrainer, ppo_config
+    from qrl.training.trl import peft_config
+
+    cfg = parse_config(RL_SECTIONS, argv + [
+        "--rl_algorithm", "ppo", "--gradient_accumulation_steps", str(GRPO_GROUP), "--ppo_epochs", "1",
+        "--max_prompt_length", str(GRPO_PROMPT), "--max_completion_length", str(GRPO_COMPLETION),
+    ])
+    rows = [{"prompt": _text_of(tokenizer, GRPO_PROMPT, i)} for i in range(steps * GRPO_GROUP)]
+
+    def distinct_characters(completions, **_) -> list[float]:
+        return [float(len(set(c))) for c in completions]
+
+    baseline = _status_kb("VmRSS")
+    trainer = PPOTrainer(model_path, ppo_config(cfg, folder, "mem"), tokenizer, distinct_characters, rows,
+                         peft_config=peft_config(cfg))
+    trainer.sampling.min_new_tokens = GRPO_COMPLETION  # every answer at full length
+    return baseline, trainer
 
 
 # glibc keeps freed blocks for reuse, so a process's resident memory runs above its live tensors. With a fixed
@@ -280,10 +320,11 @@ def measure_one(row: dict, model_path: str, steps: int) -> dict:
 RETURNING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def measure_all(model_path: str, steps: int) -> list[dict]:
-    """Every row twice, each in a fresh process: with glibc's default allocator, and with large blocks returned."""
+def measure_all(model_path: str, steps: int, methods: list[str]) -> list[dict]:
+    """Every row of ``methods`` twice, each in a fresh process: with glibc's default allocator, and with large blocks
+    returned."""
     out = []
-    for row in MEASURED_ROWS:
+    for row in [r for r in MEASURED_ROWS if r["method"] in methods]:
         result = {}
         for key, extra_env in (("training_mb", {}), ("training_mb_returned", RETURNING_MALLOC)):
             cmd = [sys.executable, __file__, "--child", json.dumps(row), "--base_model", model_path,
@@ -354,10 +395,30 @@ def gpu_table(gpu_memory_gib: int = 80) -> str:
     return "\n".join(lines)
 
 
+# PPO under the launches it runs with (FSDP and QLoRA it refuses); the reference is LoRA's base, or a copy
+PPO_CONFIGS = [c for c in GPU_CONFIGS if "FSDP" not in c[0] and c[1] != "qlora"]
+
+
+def ppo_table(gpu_memory_gib: int = 80) -> str:
+    """PPO's estimated GiB per GPU: policy, value head and reference (full fine-tuning), for 1 to 8 GPUs."""
+    head = " | ".join(f"PPO {n}" for n in GPU_COUNTS)
+    lines = [f"| model | configuration | {head} |", "|---|---|" + "---|" * len(GPU_COUNTS)]
+    for name, arch in ARCHS.items():
+        if name == "SmolLM2-135M":
+            continue
+        for label, tuning, sharding in PPO_CONFIGS:
+            cells = []
+            for n in GPU_COUNTS:
+                gib = (estimate(arch, Setup("ppo", tuning, sharding, gpus=n))["total"] + CUDA_OVERHEAD) / GIB
+                cells.append(f"{gib:.0f}" if gib <= gpu_memory_gib else f"~~{gib:.0f}~~")
+            lines.append(f"| {name} ({arch.params / 1e9:.2f}B) | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def update_tables(rows: list[dict], machine: str) -> None:
     text = TABLES.read_text(encoding="utf-8")
     for marker, body in (("memory:measured", f"Measured on {machine}.\n\n" + check_table(rows)),
-                         ("memory:estimate", gpu_table())):
+                         ("memory:estimate", gpu_table()), ("memory:ppo", ppo_table())):
         pattern = re.compile(rf"(<!-- {marker}:start.*?-->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"docs/memory.md has no <!-- {marker}:start --> ... <!-- {marker}:end --> block")
@@ -376,6 +437,8 @@ def main() -> None:
     parser.add_argument("--base_model", default=None, help="default: the embedded model")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="only rewrite docs/memory.md's tables from saved results")
+    parser.add_argument("--only", nargs="+", default=["dpo", "grpo", "ppo"], choices=["dpo", "grpo", "ppo"],
+                        help="measure these methods' rows; the others keep their saved numbers")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one row in this process
     args = parser.parse_args()
     if args.table:
@@ -389,8 +452,13 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(measure_one(json.loads(args.child), args.base_model, args.steps)), flush=True)
         return
-    rows = measure_all(args.base_model, args.steps)
+    rows = measure_all(args.base_model, args.steps, args.only)
     machine = f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch_version()} fp32 on the CPU"
+    if RESULTS.is_file():  # the methods not measured now keep their saved rows
+        kept = [r for r in json.loads(RESULTS.read_text())["rows"] if r["method"] not in args.only]
+        rows = sorted(kept + rows, key=lambda r: MEASURED_ROWS.index({k: r[k] for k in MEASURED_ROWS[0]}))
+        if kept:
+            machine = json.loads(RESULTS.read_text())["machine"] + f"; {', '.join(args.only).upper()}: {machine}"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine, "steps": args.steps, "rows": rows,
                                    "setups": [asdict(measured_setup(r)) for r in rows]}, indent=2) + "\n")

@@ -216,6 +216,15 @@ def _check_ppo_options(cfg: Config) -> None:
     if cfg.model.max_seq_length <= cfg.grpo.max_completion_length:
         raise UserError(f"--max_seq_length ({cfg.model.max_seq_length}) must exceed --max_completion_length "
                         f"({cfg.grpo.max_completion_length}): the prompt needs room")
+    import os
+
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and torch.cuda.is_available():
+        error = UserError("PPO does not run under FSDP: launch it with configs/accelerate/deepspeed_zero3.yaml, "
+                          "which shards the policy, value head and reference the same way")
+        error.every_rank = True
+        raise error
 
 
 def ppo_prompts(cfg: Config, tokenizer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

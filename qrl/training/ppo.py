@@ -436,8 +436,8 @@ class PPOTrainer:
         parts: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": []}
         self.policy.eval()
         width = batch["response"].shape[1]
-        with torch.no_grad():
-            for idx in torch.arange(len(rows)).split(self.args.mini_batch_size):
+        with torch.no_grad():  # in micro-batches, as training goes: the fp32 logits of a whole mini-batch are large
+            for idx in torch.arange(len(rows)).split(self.args.per_device_train_batch_size):
                 ids, attn, start, response, mask = self._select(batch, idx)
                 logits, values = self.policy(ids, attn, start)
                 ref_logits = self._reference_logits(ids, attn, start)
