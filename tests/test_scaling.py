@@ -171,7 +171,9 @@ def test_memory_tables_match_the_formula_and_the_saved_measurements():
     tables = (ROOT / "docs" / "memory.md").read_text()
     saved = json.loads(memory.RESULTS.read_text())
     assert memory.gpu_table() in tables, "regenerate with: python bench/memory.py --table"
+    assert memory.ppo_table() in tables, "regenerate with: python bench/memory.py --table"
     assert memory.check_table(saved["rows"]) in tables, "regenerate with: python bench/memory.py --table"
+    assert {r["method"] for r in saved["rows"]} == {"dpo", "grpo", "ppo"}  # PPO's formula checked too
 
 
 def test_the_formula_counts_parameters_and_lora_exactly(tiny_model):
