@@ -137,3 +137,25 @@ def test_reward_model_trains_under_zero(tiny_model, tmp_path, config):
     assert (run / "checkpoints" / "checkpoint-2" / "global_step2").is_dir()
     model = AutoModelForSequenceClassification.from_pretrained(run / "checkpoints" / "final")
     assert model.score.weight.shape == (1, 32)  # whole weights, gathered from the shards
+
+
+@needs_deepspeed
+def test_ppo_on_test_cases_under_zero3_evaluates_with_unequal_shares(tiny_model, tmp_path):
+    """--rl_algorithm ppo on the sandbox's reward, each rank with its own sandbox; one held-out problem, so rank 1
+    has no evaluation prompt of its own and must still take part in ZeRO-3's gathering of the weights."""
+    from conftest import problem_rows, write_jsonl
+
+    problems = write_jsonl(tmp_path / "problems.jsonl", problem_rows())
+    argv = ["--test_case_rewards_only", "--rl_algorithm", "ppo", "--base_model", str(tiny_model), "--train_data",
+            str(problems), "--output_dir", str(tmp_path / "out"), "--experiment_name", "g", "--max_steps", "2",
+            "--save_steps", "2", "--eval_steps", "2", "--batch_size", "1", "--gradient_accumulation_steps", "1",
+            "--max_completion_length", "16", "--max_seq_length", "256", "--ppo_epochs", "1", "--workers", "2"]
+    proc = accelerate_launch("deepspeed_zero3.yaml", argv, tmp_path)
+    assert proc.stdout.count("Run folder:") == 1
+    run = tmp_path / "out" / "g"
+    rewards = json.loads((run / "logs" / "rewards.json").read_text())
+    assert rewards["method"] == "ppo_test_cases" and [e["step"] for e in rewards["steps"]] == [1, 2]
+    assert all("test_cases/pass" in e for e in rewards["steps"])  # the reward's components, from both sandboxes
+    evals = json.loads((run / "logs" / "eval_results.json").read_text())["steps"]
+    assert [e["step"] for e in evals] == [2] and "reward" in evals[0]
+    assert (run / "checkpoints" / "final" / "config.json").is_file()

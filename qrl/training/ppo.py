@@ -390,7 +390,8 @@ class PPOTrainer:
             unwrapped.eval()
             for i in range(0, len(rows), size):
                 part = {k: v[i:i + size].to(self.accelerator.device) for k, v in enc.items()}
-                out = unwrapped.lm.generate(**part, generation_config=generation_config)
+                # the weights are whole here: no rank waits on another (transformers would sync under ZeRO-3)
+                out = unwrapped.lm.generate(**part, generation_config=generation_config, synced_gpus=False)
                 responses.append(out[:, part["input_ids"].shape[1]:].cpu())
         if not rows:
             return None
