@@ -36,8 +36,7 @@ def child(variant: str, model: str, steps: int, tokens: int, out: Path) -> None:
     from accelerate import PartialState
 
     rank = PartialState(cpu=True).process_index
-    with tempfile.TemporaryDirectory() as run:
-        result = ppo_vs_grpo.run_variant(variant, model, steps, tokens, run)
+    result = ppo_vs_grpo.run_variant(variant, model, steps, tokens, str(out / "run"))  # one folder for every rank
     peak_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                    if line.startswith("VmHWM:"))
     (out / f"rank{rank}.json").write_text(json.dumps({**result, "rank": rank, "peak_rss_mb": peak_kb / 1024}))
