@@ -28,12 +28,12 @@ from recipe_report import RecipeArguments, parse_recipe
 # 8 answers a held-out problem, at the temperature the training samples at (the recipe's other evaluation flags)
 EVAL = ["--eval_num_samples", "8", "--eval_temperature", "0.8"]
 # DPO on the model's own answers to the train problems, judged by the sandbox, passing over failing (and more tests
-# passed over fewer), with the likelihood of the chosen answer trained too: recipes/mined_dpo.py's settings, with 8
-# answers mined a problem
+# passed over fewer), with the likelihood of the chosen answer trained too: recipes/mined_dpo.py's settings, with 40
+# steps instead of 60 (sampling on a shared 2-core machine is slow: mining 57 problems x 6 answers took about 25 min)
 DPO = [
-    "--use_dpo", "--mine_samples", "8", "--mine_max_pairs", "4", "--temperature", "0.8",
+    "--use_dpo", "--mine_samples", "6", "--mine_max_pairs", "4", "--temperature", "0.8",
     "--learning_rate", "1e-4", "--dpo_sft_weight", "1.0", "--kl_coef", "0.1", "--batch_size", "4",
-    "--gradient_accumulation_steps", "1", "--max_steps", "60", "--lora_r", "16", "--lora_alpha", "32",
+    "--gradient_accumulation_steps", "1", "--max_steps", "40", "--lora_r", "16", "--lora_alpha", "32",
     "--save_steps", "10", "--eval_steps", "0", "--no_gradient_checkpointing", "--max_completion_length", "160",
 ]
 # GRPO on the test-case reward: 2 problems x 8 answers a step, short answers, groups without a reward spread left out
