@@ -18,12 +18,16 @@ time) goes to --report and beside the runs under --output_dir.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 # recipe_report also puts the toolkit's modules on the path
-from recipe_report import RecipeArguments, parse_recipe
+from recipe_report import RecipeArguments, load_eval, parse_recipe
+
+from qrl.data.records import atomic_write
 
 # 8 answers a held-out problem, at the temperature the training samples at (the recipe's other evaluation flags)
 EVAL = ["--eval_num_samples", "8", "--eval_temperature", "0.8"]
@@ -53,7 +57,14 @@ class LadderArguments(RecipeArguments):
     method: str = field(default="dpo", metadata={
         "choices": ["dpo", "grpo"],
         "help": "dpo: DPO on pairs mined from the model's test runs; grpo: GRPO on test-case rewards."})
-    seed: int = field(default=42, metadata={"help": "Seed of mining, training and the evaluations' draws."})
+    seed: int = field(default=42, metadata={"help": "Seed of mining and training."})
+    eval_seed: int = field(default=42, metadata={
+        "help": "Seed of the evaluations' draws: the models before and after draw the same numbers, and runs with "
+                "another --seed evaluate the starting model as the first did."})
+    baseline: str | None = field(default=None, metadata={
+        "help": "An --eval_only folder of the starting model made by this recipe with the same --eval_seed (its "
+                "eval-0): the before evaluation, instead of evaluating the starting model again (a second --seed "
+                "saves half an hour on 2 cores). Read at the end, so it may still be running."})
     report: str = field(default="recipes/results/ladder.json", metadata={"help": "The report's JSON file."})
     counts: ClassVar[tuple[str, ...]] = ("rounds",)
 
@@ -65,20 +76,45 @@ def training_flags(method: str, problems: str) -> list[str]:
     return [*DPO, "--mine_pairs_from", problems]
 
 
+def baseline_problem(folder: str, settings: dict) -> str | None:
+    """Why --baseline cannot stand for this run's evaluation of the starting model, or None."""
+    from qrl.config.run_folder import RunFolder
+
+    path = Path(folder)
+    if not (path / "logs" / "eval_results.json").is_file() or len(RunFolder(path).eval_samples()) != 1:
+        return f"--baseline {folder} is not an --eval_only run folder (logs/eval_results.json, one samples file)"
+    found = json.loads((path / "recipe_eval.json").read_text()) if (path / "recipe_eval.json").is_file() else {}
+    if found != settings:
+        return f"--baseline {folder} was evaluated with {found or 'unknown settings'}, not {settings}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate, train --rounds rounds (each from the last model), evaluate: the report."""
     args, recipe = parse_recipe(LadderArguments, "ladder", __doc__, argv)
     if recipe is None:
         return 2
-    seed = [*EVAL, "--seed", str(args.seed)]
+    seed = [*EVAL, "--seed", str(args.eval_seed)]
     model = args.base_model
-    recipe.evaluate(model, "eval-0", seed)
+    # what the evaluation of the starting model depends on, for --baseline to check
+    evaluated = {"base_model": model, "eval_seed": args.eval_seed, "problems": str(Path(args.problems).resolve()),
+                 "extra": recipe.extra}
+    if args.baseline is None:
+        recipe.evaluate(model, "eval-0", seed)
+        atomic_write(recipe.root / "eval-0" / "recipe_eval.json", json.dumps(evaluated) + "\n")
     for r in range(1, args.rounds + 1):
         flags = [*training_flags(args.method, args.problems), "--seed", str(args.seed + r - 1)]
         model = recipe.train(f"{args.method}-{r}", flags, model)
         recipe.evaluate_round(model, r, seed)
+    if args.baseline is not None:
+        problem = baseline_problem(args.baseline, evaluated)
+        if problem:
+            print(f"ladder.py: error: {problem}", file=sys.stderr)
+            return 2
+        recipe.evals.insert(0, load_eval(Path(args.baseline), "eval-0"))
     recipe.finish(args.report, argv, {"method": args.method, "train": training_flags(args.method, args.problems),
                                       "eval_extra": EVAL, "rounds": args.rounds, "seed": args.seed,
+                                      "eval_seed": args.eval_seed, "baseline": args.baseline,
                                       "base_model": args.base_model or "embedded SmolLM2-135M-Instruct"})
     return 0
 
