@@ -210,3 +210,19 @@ def test_wandb_offline_ppo_run(ppo_argv, tmp_path, monkeypatch):
         wandb.teardown()  # wandb keeps its settings (WANDB_DIR) per process; later tests need their own
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_unjudged_rewards_take_the_mean_of_every_ranks_judged_ones():
+    """A rank whose sandbox judged nothing must not give its answers 0.0 while the other rank's mean is high: after
+    global whitening that would push them down for an outage. Rank 1 here judged three answers (sum 2.4)."""
+    from types import SimpleNamespace
+
+    from qrl.training.ppo import PPOTrainer
+
+    other_rank = torch.tensor([2.4, 3.0, 3.0])  # judged sum, judged count, answers
+    fake = SimpleNamespace(reward_metrics={}, _all_sum=lambda t: t + other_rank)
+    filled = PPOTrainer._fill_unjudged(fake, torch.tensor([float("nan"), float("nan")]))
+    assert torch.allclose(filled, torch.tensor([0.8, 0.8]))
+    assert fake.reward_metrics["reward_unjudged_fraction"] == pytest.approx(2 / 5)
+    mixed = PPOTrainer._fill_unjudged(fake, torch.tensor([1.0, float("nan")]))
+    assert torch.allclose(mixed, torch.tensor([1.0, 3.4 / 4]))

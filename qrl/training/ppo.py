@@ -118,7 +118,7 @@ class PPOTrainer:
     ``model``, ``state``, ``end``, callbacks and ``checkpoint-N`` folders.
 
     ``reward_fn`` has TRL's reward-function signature: ``f(prompts, completions, **columns) -> list[float|None]``
-    where the columns are the rows' other fields; ``None`` (not judged) gets the mean of this rank's judged
+    where the columns are the rows' other fields; ``None`` (not judged) gets the mean of every rank's judged
     rewards, so it pushes neither way. Rows hold ``prompt`` (text or messages). A step takes
     ``rollout_size`` prompts per process.
     """
@@ -418,10 +418,19 @@ class PPOTrainer:
                                  log_metric=self._log_metric, **columns)
         if len(rewards) != len(rows):
             raise ValueError(f"the reward function returned {len(rewards)} rewards for {len(rows)} answers")
-        judged = [float(r) for r in rewards if r is not None]
-        neutral = sum(judged) / len(judged) if judged else 0.0  # not judged (e.g. a sandbox failure): no signal
-        self.reward_metrics["reward_unjudged_fraction"] = 1 - len(judged) / len(rewards)
-        return torch.tensor([neutral if r is None else float(r) for r in rewards])
+        return torch.tensor([float("nan") if r is None else float(r) for r in rewards])
+
+    def _fill_unjudged(self, rewards):
+        """Rewards with the unjudged ones (NaN: e.g. a sandbox failure) set to the mean of every rank's judged
+        ones, so that after global whitening they carry no signal; one rank's outage must not read as a low
+        reward. Called on every rank (a collective)."""
+        import torch
+
+        judged = ~torch.isnan(rewards)
+        totals = self._all_sum(torch.tensor([rewards[judged].sum().item(), float(judged.sum()), float(len(rewards))]))
+        neutral = (totals[0] / totals[1]).item() if totals[1] > 0 else 0.0
+        self.reward_metrics["reward_unjudged_fraction"] = (1 - totals[1] / totals[2]).item() if totals[2] else 0.0
+        return torch.where(judged, rewards, torch.full_like(rewards, neutral))
 
     def _log_metric(self, name: str, value: float) -> None:
         """What a reward function reports about its components (TRL's ``log_metric``), logged with the step."""
@@ -433,7 +442,7 @@ class PPOTrainer:
 
         self.reward_metrics = {}
         batch = self._generate(rows, self.sampling)
-        batch["rewards"] = self._score(rows, batch)
+        batch["rewards"] = self._fill_unjudged(self._score(rows, batch))
         parts: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": []}
         self.policy.eval()
         width = batch["response"].shape[1]
@@ -489,6 +498,7 @@ class PPOTrainer:
         if self.world > 1:
             rewards, lengths = gather_object(rewards), gather_object(lengths)
         r = torch.tensor(rewards)
+        r = r[~torch.isnan(r)]  # an answer the reward could not judge is left out of the held-out mean
         return {"reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0,
                 "response_length": sum(lengths) / max(len(lengths), 1)}
 
