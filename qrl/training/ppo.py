@@ -546,8 +546,10 @@ class PPOTrainer:
             torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
             (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value,
                                                              "num_processes": self.world}))
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-                   path / self._rng_file())
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():  # sampling on a GPU draws from its own generator
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, path / self._rng_file())
         self.accelerator.wait_for_everyone()
         if main:
             self.state.save_to_json(str(path / "trainer_state.json"))
@@ -574,6 +576,8 @@ class PPOTrainer:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.kl_ctl.value = ppo_state["kl_coef"]
         self.state.global_step, self.state.epoch = saved.global_step, saved.epoch
         self.state.log_history = saved.log_history
