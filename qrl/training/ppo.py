@@ -520,8 +520,9 @@ class PPOTrainer:
     def _save_checkpoint(self) -> None:
         """``checkpoint-N`` under ``output_dir`` (the run folder's staging folder, renamed into ``checkpoints/`` and
         rotated by ``RunFolderCallback.on_save``): adapters (or weights) and value head, written once; optimizer
-        (under DeepSpeed each rank's shard, in ``global_stepN/``), scheduler, each rank's RNG, KL coefficient and
-        process count, and ``trainer_state.json`` last, once every rank has written, which marks it complete."""
+        (under DeepSpeed each rank's shard, in ``global_stepN/``), scheduler, each rank's RNG (their count is the
+        process count resume checks), the KL coefficient, and ``trainer_state.json`` last, once every rank has
+        written, which marks it complete."""
         import json
         import random
         import shutil
@@ -544,8 +545,7 @@ class PPOTrainer:
         if main:
             self.tokenizer.save_pretrained(path)
             torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
-            (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value,
-                                                             "num_processes": self.world}))
+            (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():  # sampling on a GPU draws from its own generator
             rng["cuda"] = torch.cuda.get_rng_state_all()
