@@ -19,6 +19,7 @@ from qrl.rewards.test_cases import TestCaseReward
 DATA = Path(__file__).resolve().parent.parent / "data"
 PYTHON = DATA / "problems" / "python.jsonl"
 BASICS = DATA / "problems" / "python_basics.jsonl"
+LADDER = DATA / "ladder" / "python_ladder.jsonl"
 Q = DATA / "q"
 PREFERENCES = (DATA / "preferences.jsonl", DATA / "preferences_eval.jsonl")
 
@@ -79,6 +80,24 @@ def test_python_basics_references_pass_and_empty_answers_fail(basics_problems: l
     failing = {r.task_id: f"{r.status}: {r.detail}" for r in results if not r.passed}
     assert not failing
     assert sum(r.tests_total for r in results) == sum(len(p.tests) for p in basics_problems)
+    assert not [r.task_id for r in empty if r.passed]
+
+
+def test_ladder_loads_with_separate_held_out_functions_and_passing_references() -> None:
+    """The ladder (data/ladder): 57 train and 48 eval problems, no function asked for in both splits, every reference
+    passing its tests through the scorer and a None-returning answer passing none."""
+    ladder = problems.load_problems(LADDER)
+    train = [p for p in ladder if p.split == "train"]
+    held_out = [p for p in ladder if p.split == "eval"]
+    assert (len(train), len(held_out)) == (57, 48)
+    assert not {p.entry_point for p in train} & {p.entry_point for p in held_out}
+    assert all(p.prompt.startswith(f"Write a Python function `{p.entry_point}(") and 2 <= len(p.tests) <= 6
+               for p in ladder)  # fmt: skip
+    with TestCaseReward(ladder, workers=default_workers()) as scorer:
+        results = scorer.score([(p, f"```python\n{p.reference}```") for p in ladder])
+        empty = scorer.score([(p, f"def {p.entry_point}(*args):\n    return None\n") for p in ladder])
+        assert not scorer.reference_failures
+    assert not {r.task_id: f"{r.status}: {r.detail}" for r in results if not r.passed}
     assert not [r.task_id for r in empty if r.passed]
 
 

@@ -19,6 +19,7 @@ from qrl.training.ppo_stats import (
     clipped_value_loss,
     compute_gae,
     explained_variance,
+    global_mean_var,
     masked_whiten,
     token_rewards,
 )
@@ -210,3 +211,51 @@ def test_wandb_offline_ppo_run(ppo_argv, tmp_path, monkeypatch):
         wandb.teardown()  # wandb keeps its settings (WANDB_DIR) per process; later tests need their own
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_unjudged_rewards_take_the_mean_of_every_ranks_judged_ones():
+    """A rank whose sandbox judged nothing must not give its answers 0.0 while the other rank's mean is high: after
+    global whitening that would push them down for an outage. Rank 1 here judged three answers (sum 2.4)."""
+    from types import SimpleNamespace
+
+    from qrl.training.ppo import PPOTrainer
+
+    other_rank = torch.tensor([2.4, 3.0, 3.0])  # judged sum, judged count, answers
+    fake = SimpleNamespace(reward_metrics={}, _all_sum=lambda t: t + other_rank)
+    filled = PPOTrainer._fill_unjudged(fake, torch.tensor([float("nan"), float("nan")]))
+    assert torch.allclose(filled, torch.tensor([0.8, 0.8]))
+    assert fake.reward_metrics["reward_unjudged_fraction"] == pytest.approx(2 / 5)
+    mixed = PPOTrainer._fill_unjudged(fake, torch.tensor([1.0, float("nan")]))
+    assert torch.allclose(mixed, torch.tensor([1.0, 3.4 / 4]))
+
+
+def test_whitening_over_two_ranks_with_unequal_counts_equals_whitening_their_concatenation():
+    """Two ranks (threads here) whose masks keep 5 and 2 entries: the global mean and variance are those of the 7
+    entries together, not the mean of the two ranks' means."""
+    import threading
+
+    xs = [torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]), torch.tensor([[10.0, 20.0, 0.0, 0.0, 0.0]])]
+    masks = [torch.ones(1, 5), torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])]
+    barrier, slots, out = threading.Barrier(2), [None, None], [None, None]
+
+    def run(rank: int) -> None:
+        def all_sum(t):
+            slots[rank] = t
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        out[rank] = (global_mean_var(xs[rank], masks[rank], all_sum), masked_whiten(xs[rank], masks[rank],
+                                                                                      all_sum=all_sum))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0])
+    for (mean, var, n), _ in out:
+        assert n == 7 and mean.item() == pytest.approx(together.mean().item())
+        assert var.item() == pytest.approx(together.var().item(), rel=1e-5)
+    whitened = torch.cat([out[0][1][0], out[1][1][0, :2]])
+    assert whitened.tolist() == pytest.approx(((together - together.mean()) / together.std()).tolist(), abs=1e-4)

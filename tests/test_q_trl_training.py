@@ -58,6 +58,10 @@ def test_prompt_builder_uses_the_chat_template_or_the_raw_prompt(tiny_model):
     tok = load_tokenizer(str(tiny_model))
     chat = build_prompt(problem(), tok)
     assert chat[0]["role"] == "user" and "```python" in chat[0]["content"]
+    # the instruction names the function the tests call; a stdin program has none to name
+    assert chat[0]["content"].endswith("Answer with the complete Python function `add` in one ```python code block.")
+    program = SimpleNamespace(**{**vars(problem()), "entry_point": None})
+    assert build_prompt(program, tok)[0]["content"].endswith("the complete Python program in one ```python code block.")
     assert prompt_text(chat, tok).endswith("<|im_start|>assistant\n")
     code = build_prompt(problem('def add(a, b):\n    """Sum."""\n', joins=True), tok)  # HumanEval style
     shown = 'Complete the Python function `add`:\n\n```python\ndef add(a, b):\n    """Sum."""\n```'

@@ -281,3 +281,34 @@ def test_pool_passing_names_a_row_that_is_not_a_mined_pair(tmp_path, capsys):
     odd = write_jsonl(tmp_path / "odd.jsonl", [{**mined("a", "ok"), "chosen": 5}])
     assert main(["--inputs", str(odd), "--output", str(out)]) == 2
     assert f"{odd}:1: chosen: cannot read a completion of type int" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo"])
+def test_ladder_recipe_tiny(tiny_model, tmp_path, method):
+    """Both of the ladder recipe's methods run end to end on two problems (one trained on, one held out): the
+    evaluations before and after, one training step, the report with its method and seed."""
+    import ladder
+
+    rows, report, argv = tiny_recipe(tiny_model, tmp_path, "ladder")
+    argv[argv.index("--rounds") + 1] = "1"
+    argv = ["--method", method, "--seed", "3", *argv, "--num_generations", "2", "--save_steps", "1"]
+    assert ladder.main(argv) == 0
+    data = json.loads(report.read_text())
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
+    assert all(list(e["per_problem"]) == [rows[1]["task_id"]] for e in data["evaluations"])
+    assert data["held_out"] == {"problems": 1, "samples_per_problem": 2}  # the flags after -- win
+    assert data["settings"]["method"] == method and data["settings"]["seed"] == 3
+    assert data["evaluations"][1]["model"].endswith(f"{method}-1/checkpoints/final")
+    key = "rewards/margins" if method == "dpo" else "reward"
+    assert [s["step"] for s in data["training"][0]["steps"] if key in s] == [1]
+    assert "pass@1" in data["change"] or "pass@1_change" in data["change"]
+    assert ladder.main(["--resume", *argv]) == 0 and json.loads(report.read_text())["reused_steps"] == [
+        "eval-0", f"{method}-1", "eval-1"]
+
+
+def test_ladder_recipe_refuses_an_unknown_method(tmp_path, capsys):
+    import ladder
+
+    with pytest.raises(SystemExit):
+        ladder.main(["--method", "sft", "--output_dir", str(tmp_path / "out")])
+    assert "invalid choice: 'sft'" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -118,7 +118,7 @@ class PPOTrainer:
     ``model``, ``state``, ``end``, callbacks and ``checkpoint-N`` folders.
 
     ``reward_fn`` has TRL's reward-function signature: ``f(prompts, completions, **columns) -> list[float|None]``
-    where the columns are the rows' other fields; ``None`` (not judged) gets the mean of this rank's judged
+    where the columns are the rows' other fields; ``None`` (not judged) gets the mean of every rank's judged
     rewards, so it pushes neither way. Rows hold ``prompt`` (text or messages). A step takes
     ``rollout_size`` prompts per process.
     """
@@ -418,10 +418,19 @@ class PPOTrainer:
                                  log_metric=self._log_metric, **columns)
         if len(rewards) != len(rows):
             raise ValueError(f"the reward function returned {len(rewards)} rewards for {len(rows)} answers")
-        judged = [float(r) for r in rewards if r is not None]
-        neutral = sum(judged) / len(judged) if judged else 0.0  # not judged (e.g. a sandbox failure): no signal
-        self.reward_metrics["reward_unjudged_fraction"] = 1 - len(judged) / len(rewards)
-        return torch.tensor([neutral if r is None else float(r) for r in rewards])
+        return torch.tensor([float("nan") if r is None else float(r) for r in rewards])
+
+    def _fill_unjudged(self, rewards):
+        """Rewards with the unjudged ones (NaN: e.g. a sandbox failure) set to the mean of every rank's judged
+        ones, so that after global whitening they carry no signal; one rank's outage must not read as a low
+        reward. Called on every rank (a collective)."""
+        import torch
+
+        judged = ~torch.isnan(rewards)
+        totals = self._all_sum(torch.tensor([rewards[judged].sum().item(), float(judged.sum()), float(len(rewards))]))
+        neutral = (totals[0] / totals[1]).item() if totals[1] > 0 else 0.0
+        self.reward_metrics["reward_unjudged_fraction"] = (1 - totals[1] / totals[2]).item() if totals[2] else 0.0
+        return torch.where(judged, rewards, torch.full_like(rewards, neutral))
 
     def _log_metric(self, name: str, value: float) -> None:
         """What a reward function reports about its components (TRL's ``log_metric``), logged with the step."""
@@ -433,7 +442,7 @@ class PPOTrainer:
 
         self.reward_metrics = {}
         batch = self._generate(rows, self.sampling)
-        batch["rewards"] = self._score(rows, batch)
+        batch["rewards"] = self._fill_unjudged(self._score(rows, batch))
         parts: dict[str, list] = {"logprobs": [], "ref_logprobs": [], "values": []}
         self.policy.eval()
         width = batch["response"].shape[1]
@@ -489,6 +498,7 @@ class PPOTrainer:
         if self.world > 1:
             rewards, lengths = gather_object(rewards), gather_object(lengths)
         r = torch.tensor(rewards)
+        r = r[~torch.isnan(r)]  # an answer the reward could not judge is left out of the held-out mean
         return {"reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0,
                 "response_length": sum(lengths) / max(len(lengths), 1)}
 
@@ -510,8 +520,9 @@ class PPOTrainer:
     def _save_checkpoint(self) -> None:
         """``checkpoint-N`` under ``output_dir`` (the run folder's staging folder, renamed into ``checkpoints/`` and
         rotated by ``RunFolderCallback.on_save``): adapters (or weights) and value head, written once; optimizer
-        (under DeepSpeed each rank's shard, in ``global_stepN/``), scheduler, each rank's RNG, KL coefficient and
-        process count, and ``trainer_state.json`` last, once every rank has written, which marks it complete."""
+        (under DeepSpeed each rank's shard, in ``global_stepN/``), scheduler, each rank's RNG (their count is the
+        process count resume checks), the KL coefficient, and ``trainer_state.json`` last, once every rank has
+        written, which marks it complete."""
         import json
         import random
         import shutil
@@ -534,10 +545,11 @@ class PPOTrainer:
         if main:
             self.tokenizer.save_pretrained(path)
             torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
-            (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value,
-                                                             "num_processes": self.world}))
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-                   path / self._rng_file())
+            (path / "ppo_state.json").write_text(json.dumps({"kl_coef": self.kl_ctl.value}))
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():  # sampling on a GPU draws from its own generator
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, path / self._rng_file())
         self.accelerator.wait_for_everyone()
         if main:
             self.state.save_to_json(str(path / "trainer_state.json"))
@@ -564,6 +576,8 @@ class PPOTrainer:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.kl_ctl.value = ppo_state["kl_coef"]
         self.state.global_step, self.state.epoch = saved.global_step, saved.epoch
         self.state.log_history = saved.log_history

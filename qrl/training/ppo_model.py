@@ -148,7 +148,19 @@ def load_weights(model, accelerator: Accelerator, path: Path) -> None:
     else:
         from safetensors.torch import load_file
 
-        unexpected = lm.load_state_dict(load_file(path / "model.safetensors"), strict=False).unexpected_keys
-        if unexpected:
-            raise UserError(f"{path}: checkpoint does not fit the model (unexpected {unexpected[:3]})")
+        state = {}
+        for shard in sorted(path.glob("model*.safetensors")):  # one file, or save_pretrained's shards
+            state.update(load_file(shard))
+        result = lm.load_state_dict(state, strict=False)
+        missing = _untied(lm, result.missing_keys, set(state))
+        if result.unexpected_keys or missing or not state:
+            raise UserError(f"{path}: checkpoint does not fit the model "
+                            f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
     unwrapped.value_head.load_state_dict(torch.load(path / VALUE_HEAD))
+
+
+def _untied(lm, missing: list[str], loaded: set[str]) -> list[str]:
+    """The missing keys that are not tied to a loaded weight (``save_pretrained`` leaves tied copies out)."""
+    params = dict(lm.named_parameters(remove_duplicate=False))
+    loaded_storage = {params[k].data_ptr() for k in loaded if k in params}
+    return [k for k in missing if k not in params or params[k].data_ptr() not in loaded_storage]

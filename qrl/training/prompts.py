@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# The Python instruction names the function the tests call: without the name, 77 of 384 answers of the embedded
+# model to easy problems defined a function under another name (a problem without an entry point, a stdin program,
+# gets the plain instruction).
 INSTRUCTIONS = {
-    "python": "Answer with the complete Python function in one ```python code block.",
+    "python": "Answer with the complete Python function `{entry_point}` in one ```python code block.",
+    "python-program": "Answer with the complete Python program in one ```python code block.",
     "q": "Answer with the q definition of `{entry_point}` in one ```q code block.",
 }
 
@@ -18,8 +22,10 @@ def build_prompt(problem, tokenizer) -> str | list[dict[str, str]]:
     against 9 asked this way); scoring joins whatever function it answers with to the prompt's code."""
     if not tokenizer.chat_template:
         return problem.prompt
-    entry_point = getattr(problem, "entry_point", None) or "solve"  # Q-HumanEval names its own function
-    instruction = INSTRUCTIONS.get(problem.language, "").format(entry_point=entry_point)
+    entry_point = getattr(problem, "entry_point", None)
+    language = "python-program" if problem.language == "python" and not entry_point else problem.language
+    entry_point = entry_point or "solve"  # Q-HumanEval names its own function
+    instruction = INSTRUCTIONS.get(language, "").format(entry_point=entry_point)
     task = problem.prompt.rstrip()
     if problem.completion_joins_prompt:
         code = f"```{problem.language}\n{problem.prompt.strip()}\n```"
