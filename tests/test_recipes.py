@@ -284,7 +284,7 @@ def test_pool_passing_names_a_row_that_is_not_a_mined_pair(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["dpo", "grpo"])
-def test_ladder_recipe_tiny(tiny_model, tmp_path, method):
+def test_ladder_recipe_tiny(tiny_model, tmp_path, method, capsys):
     """Both of the ladder recipe's methods run end to end on two problems (one trained on, one held out): the
     evaluations before and after, one training step, the report with its method and seed."""
     import ladder
@@ -304,6 +304,18 @@ def test_ladder_recipe_tiny(tiny_model, tmp_path, method):
     assert "pass@1" in data["change"] or "pass@1_change" in data["change"]
     assert ladder.main(["--resume", *argv]) == 0 and json.loads(report.read_text())["reused_steps"] == [
         "eval-0", f"{method}-1", "eval-1"]
+    if method == "grpo":
+        return
+    # a second training seed with the first's evaluation of the starting model: checked, not run again
+    baseline = str(tmp_path / "out" / "ladder" / "eval-0")
+    other = [a if a != "3" else "4" for a in argv]
+    assert ladder.main(["--name", "seed4", "--baseline", baseline, *other]) == 0
+    data = json.loads(report.read_text())
+    assert data["settings"]["seed"] == 4 and data["settings"]["baseline"] == baseline
+    assert [e["label"] for e in data["evaluations"]] == ["eval-0", "eval-1"]
+    assert not (tmp_path / "out" / "seed4" / "eval-0").exists()
+    assert ladder.main(["--name", "seed5", "--eval_seed", "5", "--baseline", baseline, *other]) == 2
+    assert "was evaluated with" in capsys.readouterr().err
 
 
 def test_ladder_recipe_refuses_an_unknown_method(tmp_path, capsys):
