@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--completion_tokens", type=int, default=32)
     parser.add_argument("--variants", nargs="+", default=["ppo", "grpo"], choices=["ppo", "ppo_1_epoch", "grpo"])
+    parser.add_argument("--processes", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ppo_scaling.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,7 +102,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))  # the launch line the multi-process tests use
     runs: dict[tuple[str, int], list[list[dict]]] = {}
     for r in range(args.repeats):
-        for processes in (1, 2):
+        for processes in args.processes:
             order = args.variants if r % 2 == 0 else args.variants[::-1]
             for v in order:
                 reports = launch(v, processes, args)
