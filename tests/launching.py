@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,3 +67,26 @@ def kill_after_first_checkpoint(config: str, argv: list[str], cwd: Path, run: Pa
 
 def steps(path: Path) -> list[int]:
     return [e["step"] for e in json.loads(path.read_text())["steps"]]
+
+
+def killed_then_resumed(config: str, argv: list[str], cwd: Path, run: Path, path_name: str, max_steps: int) -> int:
+    """A two-process run of `argv` (learning rate 1e-3, linear decay, `max_steps`), SIGKILLed after its first
+    checkpoint and resumed with two processes: it ends as if never stopped (every step logged once, the schedule
+    continued). Returns the step it was killed at."""
+    from qrl.config.run_folder import RunFolder
+
+    kill_after_first_checkpoint(config, argv, cwd, run)
+    latest = RunFolder(run).latest_checkpoint()
+    killed_at = int(latest.name.split("-")[1])
+    assert killed_at < max_steps
+    # two ranks, not two single-process runs: each saved its own random state into the one checkpoint
+    assert sorted(p.name for p in latest.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    resumed = accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], cwd)
+    assert resumed.stdout.count("Run folder:") == 1
+    assert f"{path_name}: training from step {killed_at} to step {max_steps}" in (
+        run / "logs" / "training_log.txt").read_text()
+    rewards = json.loads((run / "logs" / "rewards.json").read_text())["steps"]
+    assert [e["step"] for e in rewards] == list(range(1, max_steps + 1))
+    for e in rewards:  # linear decay across the restart
+        assert e["learning_rate"] == pytest.approx(1e-3 * (max_steps + 1 - e["step"]) / max_steps)
+    return killed_at

@@ -3,7 +3,7 @@ rank (rank 0's score 0, rank 1's score 1), so that what is global can be told fr
 writes what it saw to <out>/rank<N>.json: the prompts it was given, the mean advantage of its answers, the
 statistics it logged, and a digest of the value head, the trainable weights and the KL coefficient after training.
 
-    accelerate launch ... tests/ppo_ranks.py <tiny model> <out folder> [--no_peft]
+    PYTHONPATH=<checkout> accelerate launch ... tests/ppo_ranks.py <tiny model> <out folder> [--no_peft]
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def main(model: str, out: Path, extra: list[str]) -> None:
+    import torch
     from accelerate import PartialState
 
     from qrl.config.arguments import RL_SECTIONS, parse_config
@@ -73,6 +71,7 @@ def main(model: str, out: Path, extra: list[str]) -> None:
         "value_head_norm": module.value_head.weight.norm().item(),
         "trainable_sum": sum(p.double().abs().sum().item() for p in module.parameters() if p.requires_grad),
         "kl_coef": trainer.kl_ctl.value,
+        "random_draw": torch.rand(4).tolist(),  # each rank samples from a generator of its own
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 

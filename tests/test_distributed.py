@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launching import accelerate_launch, free_port, kill_after_first_checkpoint, steps
+from launching import accelerate_launch, free_port, killed_then_resumed, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,21 +32,7 @@ def two_process_dpo_killed_then_resumed(config: str, dpo_argv: list[str], tmp_pa
     run ends as if never stopped (every step logged once, the learning-rate schedule continued)."""
     argv = [*dpo_argv, "--batch_size", "1", "--max_steps", "60", "--eval_steps", "30", "--save_total_limit", "2"]
     run = tmp_path / "out" / "t"
-    kill_after_first_checkpoint(config, argv, tmp_path, run)
-    from qrl.config.run_folder import RunFolder
-
-    latest = RunFolder(run).latest_checkpoint()
-    killed_at = int(latest.name.split("-")[1])
-    assert killed_at < 60
-    # two ranks, not two single-process runs: each saved its own random state into the one checkpoint
-    assert sorted(p.name for p in latest.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
-    resumed = accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], tmp_path)
-    assert resumed.stdout.count("Run folder:") == 1
-    assert f"dpo: training from step {killed_at} to step 60" in (run / "logs" / "training_log.txt").read_text()
-    rewards = json.loads((run / "logs" / "rewards.json").read_text())["steps"]
-    assert [e["step"] for e in rewards] == list(range(1, 61))
-    for e in rewards:  # linear decay from 1e-3 over 60 steps, across the restart
-        assert e["learning_rate"] == pytest.approx(1e-3 * (61 - e["step"]) / 60)
+    killed_then_resumed(config, argv, tmp_path, run, "dpo", 60)
     assert steps(run / "logs" / "eval_results.json") == [30, 60]
     state = json.loads((run / "checkpoints" / "checkpoint-60" / "trainer_state.json").read_text())
     assert state["global_step"] == 60

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from launching import ROOT, accelerate_launch, kill_after_first_checkpoint, launch_command, steps
+from launching import ROOT, accelerate_launch, killed_then_resumed, launch_command, steps
 
 DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(not DEEPSPEED, reason="deepspeed is not installed (make install installs it)")
@@ -21,7 +22,9 @@ needs_deepspeed = pytest.mark.skipif(not DEEPSPEED, reason="deepspeed is not ins
 def test_ranks_answer_their_own_prompts_whiten_over_both_and_keep_one_critic(tiny_model, tmp_path):
     """Rank r's answers score r: every global number sees both ranks' scores, each rank its own prompts."""
     cmd = launch_command("ddp.yaml", [str(tiny_model), str(tmp_path)], script="tests/ppo_ranks.py")
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # the checkout's package, as the scripts in its root import it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
@@ -38,6 +41,7 @@ def test_ranks_answer_their_own_prompts_whiten_over_both_and_keep_one_critic(tin
     assert r0["value_head_norm"] > 0 and r0["value_head"] == r1["value_head"]
     assert r0["trainable_sum"] == pytest.approx(r1["trainable_sum"], rel=1e-9)
     assert r0["kl_coef"] == r1["kl_coef"] != 0.1
+    assert r0["random_draw"] != r1["random_draw"]  # one seed for all would have every rank sample alike
 
 
 def ppo_run_argv(ppo_argv: list[str], max_steps: int, **flags: str) -> list[str]:
@@ -58,21 +62,7 @@ def test_ppo_killed_after_a_checkpoint_resumes_with_two_processes(ppo_argv, tmp_
     argv = ppo_run_argv(ppo_argv, 20, save_steps="4", eval_steps="10", ppo_epochs="1")
     argv += ["--save_total_limit", "2"] + (["--no_peft"] if tuning == "full" else [])
     run = tmp_path / "out" / "p"
-    kill_after_first_checkpoint(config, argv, tmp_path, run)
-    from qrl.config.run_folder import RunFolder
-
-    latest = RunFolder(run).latest_checkpoint()
-    killed_at = int(latest.name.split("-")[1])
-    assert killed_at < 20
-    assert sorted(p.name for p in latest.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
-    resumed = accelerate_launch(config, [*argv, "--resume_from_checkpoint", "latest"], tmp_path)
-    assert resumed.stdout.count("Run folder:") == 1
-    log = (run / "logs" / "training_log.txt").read_text()
-    assert f"ppo_reward_model: training from step {killed_at} to step 20" in log
-    rewards = json.loads((run / "logs" / "rewards.json").read_text())["steps"]
-    assert [e["step"] for e in rewards] == list(range(1, 21))
-    for e in rewards:  # linear decay from 1e-3 over 20 steps, across the restart
-        assert e["learning_rate"] == pytest.approx(1e-3 * (21 - e["step"]) / 20)
+    killed_then_resumed(config, argv, tmp_path, run, "ppo_reward_model", 20)
     assert steps(run / "logs" / "eval_results.json") == [10, 20]
     last = run / "checkpoints" / "checkpoint-20"
     assert json.loads((last / "trainer_state.json").read_text())["global_step"] == 20
