@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from qrl.config import interrupts
+from qrl.config import interrupts, launch
 from qrl.data.records import UserError
 
 RL_DOC = "Reinforcement learning for code-generation models (Q/kdb+ and Python)."
@@ -44,7 +43,7 @@ def rl(argv: Sequence[str] | None = None, prog: str = "run_rl.py") -> int:
     except interrupts.Interrupted as e:
         during = "--eval_only: no results written" if cfg and cfg.evaluation.eval_only else "start-up: nothing saved"
         return _interrupted(prog, e, during)
-    if os.environ.get("RANK", "0") == "0":
+    if launch.is_main_process():
         print(f"Run folder: {folder.root}")
     return 0
 
@@ -65,7 +64,7 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
         return 2
     except interrupts.Interrupted as e:
         return _interrupted(prog, e, "start-up: nothing saved")
-    if os.environ.get("RANK", "0") == "0":
+    if launch.is_main_process():
         print(f"Run folder: {folder.root}")
         if not cfg.mining.mine_only:
             print(f"Reward model: {folder.final_model}")
@@ -74,7 +73,7 @@ def reward_model(argv: Sequence[str] | None = None, prog: str = "train_reward_mo
 
 def _say_error(prog: str, e: UserError) -> None:
     """One line; an error every rank raised alike, from the main process only."""
-    if not e.every_rank or os.environ.get("RANK", "0") == "0":
+    if not e.every_rank or launch.is_main_process():
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
 
 
@@ -82,7 +81,7 @@ def _interrupted(prog: str, e: interrupts.Interrupted, before: str) -> int:
     """One line (from the main process) and 130 for SIGINT, 143 for SIGTERM. ``before`` says what a signal that
     stopped the command where it was (before training, or outside it) left undone."""
     message = e.message or f"interrupted ({e.signame}) during {before}"
-    if os.environ.get("RANK", "0") == "0":
+    if launch.is_main_process():
         print(f"{prog}: {message}", file=sys.stderr, flush=True)
     return e.exit_code
 

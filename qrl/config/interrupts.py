@@ -20,6 +20,8 @@ import signal
 import sys
 from collections.abc import Iterator
 
+from qrl.config import launch
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -64,7 +66,7 @@ def _handler(signum: int, frame) -> None:
     _state.received = signum
     if not _state.deferring:
         raise Interrupted(signum)
-    if os.environ.get("RANK", "0") == "0":
+    if launch.is_main_process():
         print(f"{_state.prog}: {signal.Signals(signum).name}: saving a checkpoint at the end of this step "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qrl.config import interrupts
+from qrl.config import interrupts, launch
 from qrl.data.records import UserError, atomic_write, probe_folder
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -118,13 +118,11 @@ class RunFolder:
         state; under DeepSpeed its own optimizer shard). Every rank finds the same, so it is said once."""
         saved = len(list(checkpoint.glob("rng_state_*.pth"))) or (1 if (checkpoint / "rng_state.pth").is_file()
                                                                    else None)
-        now = int(os.environ.get("WORLD_SIZE", "1"))
+        now = launch.world_size()
         if saved is not None and saved != now:
-            error = UserError(f"--resume_from_checkpoint: {checkpoint.name} was written by {saved} process"
-                              f"{'es' if saved > 1 else ''} and this run has {now}: resume with "
-                              f"--num_processes {saved} (or start a new run)")
-            error.every_rank = True
-            raise error
+            raise UserError(f"--resume_from_checkpoint: {checkpoint.name} was written by {saved} process"
+                            f"{'es' if saved > 1 else ''} and this run has {now}: resume with "
+                            f"--num_processes {saved} (or start a new run)", every_rank=True)
 
     def check_can_start(self, resume: Path | None, overwrite: bool) -> None:
         """Refuse to overwrite an earlier run silently; check the folder is writable. Writes nothing."""

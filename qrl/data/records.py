@@ -16,9 +16,12 @@ from typing import Any
 
 
 class UserError(Exception):
-    """Bad input from the user: the command line prints it as one line, with no traceback."""
+    """Bad input from the user: the command line prints it as one line, with no traceback. ``every_rank``: every
+    rank of a launch raises it alike, so the main process alone says it."""
 
-    every_rank = False  # True: every rank of a launch raises it alike (the main process alone says it)
+    def __init__(self, message: str = "", every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 class DataError(UserError):

@@ -221,10 +221,8 @@ def _check_ppo_options(cfg: Config) -> None:
     import torch
 
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and torch.cuda.is_available():
-        error = UserError("PPO does not run under FSDP: launch it with configs/accelerate/deepspeed_zero3.yaml, "
-                          "which shards the policy, value head and reference the same way")
-        error.every_rank = True
-        raise error
+        raise UserError("PPO does not run under FSDP: launch it with configs/accelerate/deepspeed_zero3.yaml, "
+                        "which shards the policy, value head and reference the same way", every_rank=True)
 
 
 def ppo_prompts(cfg: Config, tokenizer) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from qrl.config import launch
 from qrl.config.arguments import Config
 from qrl.config.run_folder import RunFolder
 from qrl.data.records import UserError
@@ -149,7 +150,7 @@ def check_scaling(cfg: Config) -> None:
         raise UserError(f"--optim {mem.optim} needs the bitsandbytes package (pip install bitsandbytes)")
     if not 0 < mem.vllm_gpu_memory_utilization <= 1:
         raise UserError(f"--vllm_gpu_memory_utilization must be in (0, 1] (got {mem.vllm_gpu_memory_utilization})")
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not gpu and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not gpu and launch.is_main_process():
         print("FSDP needs GPUs: without one, accelerate trains these processes with plain DDP (gloo)", flush=True)
 
 
